@@ -1,0 +1,422 @@
+"""One mask machinery for all approaches.
+
+A *maskable layer* is a ``Conv2d``, together with the ``BatchNorm2d`` that directly consumes its
+output when there is one. Gating a layer multiplies its output channels (the BN output, else the
+conv output) by a per-channel value, through a forward hook, so it works on any CNN whatever its
+Python control flow. Four kinds of gate share this hook point:
+
+* :class:`StaticMasks`: one mask per layer (``{layer: (C,)}``); a module is such a set of masks.
+* :class:`StackedMasks`: N masks per layer (``{layer: (N, C)}``); :func:`batched_forward` runs N
+  modules in one pass by repeating the input N times (outputs ``N × B × classes``). The model
+  should be in eval mode (BN statistics are per sample then, so modules do not mix).
+* :class:`InputGates`: gate values computed from the layer *input* by a small network per layer,
+  per sample (MwT plugs its gate network in here through ``build_gate``).
+* :class:`WeightMasks`: element-wise weight masks with a straight-through estimator (SeaM), as
+  ``torch.nn.utils.parametrize`` parametrizations of conv/linear weights and biases.
+
+An all-ones mask leaves outputs bit-identical (``x * 1.0 == x`` in IEEE arithmetic).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterable, Mapping
+
+import torch
+import torch.nn as nn
+from torch.nn.utils import parametrize
+
+from .errors import EmptyMaskError, MaskShapeError, UnknownNameError, UnsupportedModelError
+
+ON_EMPTY = ("raise", "allow")
+
+
+# --------------------------------------------------------------------------------------------
+# Finding the maskable layers
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class MaskableLayer:
+    """A conv layer whose output channels (kernels) can be gated, and the BN that follows it."""
+
+    name: str
+    conv: nn.Conv2d
+    norm_name: str | None = None
+    norm: nn.BatchNorm2d | None = None
+
+    @property
+    def out_channels(self) -> int:
+        return self.conv.out_channels
+
+    @property
+    def output_module(self) -> nn.Module:
+        """The module whose output is gated: the BN if there is one, else the conv."""
+        return self.norm if self.norm is not None else self.conv
+
+
+def _example_input(model: nn.Module, size: int = 32) -> torch.Tensor:
+    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    if first is None:
+        raise UnsupportedModelError(f"{type(model).__name__} has no Conv2d layer; supported: CNNs built of nn.Conv2d")
+    p = next(model.parameters())
+    return torch.zeros(1, first.in_channels, size, size, device=p.device, dtype=p.dtype)
+
+
+@torch.no_grad()
+def find_maskable_layers(model: nn.Module, example_input: torch.Tensor | None = None,
+                         exclude: Iterable[str] = (), allow_grouped: bool = False) -> list[MaskableLayer]:
+    """The maskable conv layers of ``model`` in execution order, each with the BN that consumes it.
+
+    A BN is paired with a conv when, in a forward pass on ``example_input`` (default zeros of
+    shape ``1×C×32×32``), its input is exactly that conv's output.
+
+    Args:
+        exclude: conv names to leave out (e.g. a first layer an approach does not gate).
+        allow_grouped: also accept grouped/depthwise convs.
+    """
+    names = {m: n for n, m in model.named_modules()}
+    order: list[nn.Conv2d] = []
+    conv_of_output: dict[int, nn.Conv2d] = {}
+    norm_of: dict[nn.Conv2d, nn.BatchNorm2d] = {}
+
+    def conv_hook(mod, inp, out):
+        if mod not in order:
+            order.append(mod)
+        conv_of_output[id(out)] = mod
+
+    def bn_hook(mod, inp, out):
+        conv = conv_of_output.get(id(inp[0]))
+        if conv is not None and conv not in norm_of:
+            norm_of[conv] = mod
+
+    handles = []
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            handles.append(m.register_forward_hook(conv_hook))
+        elif isinstance(m, nn.BatchNorm2d):
+            handles.append(m.register_forward_hook(bn_hook))
+    was_training = model.training
+    model.eval()
+    try:
+        model(example_input if example_input is not None else _example_input(model))
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    exclude = set(exclude)
+    unknown = exclude - {names[c] for c in order}
+    if unknown:
+        raise UnknownNameError(f"exclude names {sorted(unknown)} are not conv layers of {type(model).__name__}; "
+                               f"conv layers: {[names[c] for c in order]}")
+    layers = []
+    for conv in order:
+        if names[conv] in exclude:
+            continue
+        if conv.groups != 1 and not allow_grouped:
+            raise UnsupportedModelError(
+                f"layer {names[conv]} is a grouped conv (groups={conv.groups}); supported: nn.Conv2d with "
+                "groups=1 (pass allow_grouped=True to gate it anyway)")
+        norm = norm_of.get(conv)
+        layers.append(MaskableLayer(names[conv], conv, names.get(norm) if norm is not None else None, norm))
+    if not layers:
+        raise UnsupportedModelError(f"{type(model).__name__} has no maskable Conv2d layer")
+    return layers
+
+
+def layer_widths(layers: list[MaskableLayer]) -> dict[str, int]:
+    return {layer.name: layer.out_channels for layer in layers}
+
+
+# --------------------------------------------------------------------------------------------
+# Checks and helpers
+# --------------------------------------------------------------------------------------------
+
+def check_mask(layer: MaskableLayer, mask: torch.Tensor, stacked: bool = False, binary: bool = True,
+               on_empty: str = "raise") -> torch.Tensor:
+    """Validate one layer's mask: shape ``(C,)`` (or ``(N, C)`` when stacked), finite, 0/1 if
+    ``binary``, and not all zeros (unless ``on_empty="allow"``). Returns it as float."""
+    if on_empty not in ON_EMPTY:
+        raise ValueError(f"on_empty={on_empty!r} is not allowed; use one of {ON_EMPTY}")
+    mask = torch.as_tensor(mask)
+    want = f"(N, {layer.out_channels})" if stacked else f"({layer.out_channels},)"
+    if mask.ndim != (2 if stacked else 1) or mask.shape[-1] != layer.out_channels:
+        raise MaskShapeError(f"mask for layer {layer.name} has shape {tuple(mask.shape)}, expected {want}")
+    if mask.dtype != torch.bool and not mask.is_floating_point() and mask.dtype not in (torch.int64, torch.int32, torch.uint8):
+        raise MaskShapeError(f"mask for layer {layer.name} has dtype {mask.dtype}; expected bool or float")
+    m = mask.float() if mask.dtype != torch.float32 else mask
+    if not torch.isfinite(m).all():
+        raise MaskShapeError(f"mask for layer {layer.name} contains NaN or inf")
+    if binary and not ((m == 0) | (m == 1)).all():
+        bad = m[(m != 0) & (m != 1)][0].item()
+        raise MaskShapeError(f"mask for layer {layer.name} is not binary (found {bad}); expected values 0 or 1")
+    if on_empty == "raise":
+        rows = m.reshape(-1, layer.out_channels)
+        empty = (rows == 0).all(dim=1)
+        if empty.any():
+            which = f" (module {int(torch.nonzero(empty)[0])})" if stacked else ""
+            raise EmptyMaskError(f"the mask removes every kernel of layer {layer.name}{which}; "
+                                 f"pass on_empty='allow' to accept it (options: {ON_EMPTY})")
+    return m
+
+
+def _layer_lookup(layers: list[MaskableLayer], masks: Mapping[str, torch.Tensor]) -> dict[str, MaskableLayer]:
+    by_name = {layer.name: layer for layer in layers}
+    unknown = [k for k in masks if k not in by_name]
+    if unknown:
+        raise UnknownNameError(f"masks name layers {unknown} that are not maskable layers; "
+                               f"maskable layers: {list(by_name)}")
+    return by_name
+
+
+def ones_masks(layers: list[MaskableLayer], n: int | None = None) -> dict[str, torch.Tensor]:
+    """All-ones masks (``(C,)`` per layer, or ``(n, C)`` when ``n`` is given)."""
+    shape = (lambda c: (c,)) if n is None else (lambda c: (n, c))
+    return {layer.name: torch.ones(shape(layer.out_channels)) for layer in layers}
+
+
+def random_masks(layers: list[MaskableLayer], keep: float, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Seeded random binary masks keeping ``round(keep * C)`` kernels (at least one) per layer."""
+    if not 0.0 < keep <= 1.0:
+        raise ValueError(f"keep must be in (0, 1], got {keep}")
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for layer in layers:
+        c = layer.out_channels
+        k = max(1, int(round(keep * c)))
+        m = torch.zeros(c)
+        m[torch.randperm(c, generator=g)[:k]] = 1
+        out[layer.name] = m
+    return out
+
+
+class BinarizeSTE(torch.autograd.Function):
+    """Forward: ``1[score > 0]``. Backward: the incoming gradient clipped to [-1, 1] (straight through)."""
+
+    @staticmethod
+    def forward(ctx, score):
+        return (score > 0).to(score.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.clamp(-1.0, 1.0)
+
+
+def binarize_ste(score: torch.Tensor) -> torch.Tensor:
+    """Hard step ``score > 0`` with a straight-through gradient clipped to [-1, 1]."""
+    return BinarizeSTE.apply(score)
+
+
+# --------------------------------------------------------------------------------------------
+# Channel gating through forward hooks
+# --------------------------------------------------------------------------------------------
+
+class ChannelGating:
+    """Installs a forward hook on each layer's output module that multiplies the output by the gate.
+
+    ``gate(layer, out, x_in)`` returns a tensor broadcastable to ``out`` (or ``out`` reshaped by
+    the gate itself); ``x_in`` is the conv's input when ``needs_input`` is set, else ``None``.
+    Use as a context manager or call :meth:`remove`.
+    """
+
+    def __init__(self, model: nn.Module, layers: list[MaskableLayer],
+                 gate: Callable[[MaskableLayer, torch.Tensor, torch.Tensor | None], torch.Tensor],
+                 needs_input: bool = False):
+        self.model, self.layers, self.gate = model, layers, gate
+        self._inputs: dict[str, torch.Tensor] = {}
+        self._handles = []
+        for layer in layers:
+            if needs_input:
+                self._handles.append(layer.conv.register_forward_pre_hook(self._stash(layer)))
+            self._handles.append(layer.output_module.register_forward_hook(self._apply(layer)))
+
+    def _stash(self, layer):
+        def hook(mod, inp):
+            self._inputs[layer.name] = inp[0]
+        return hook
+
+    def _apply(self, layer):
+        def hook(mod, inp, out):
+            return self.gate(layer, out, self._inputs.pop(layer.name, None))
+        return hook
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        self._inputs.clear()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.remove()
+
+
+class StaticMasks:
+    """One 0/1 mask per layer: ``{layer name: (C,)}``; layers not named stay unmasked."""
+
+    def __init__(self, layers: list[MaskableLayer], masks: Mapping[str, torch.Tensor], on_empty: str = "raise"):
+        by_name = _layer_lookup(layers, masks)
+        self.layers = [by_name[k] for k in masks]
+        self.masks = {k: check_mask(by_name[k], v, on_empty=on_empty) for k, v in masks.items()}
+
+    def __call__(self, layer, out, x_in):
+        m = self.masks[layer.name].to(device=out.device, dtype=out.dtype)
+        return out * m.view(1, -1, *([1] * (out.ndim - 2)))
+
+    def install(self, model: nn.Module) -> ChannelGating:
+        return ChannelGating(model, self.layers, self)
+
+
+def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor], layers: list[MaskableLayer] | None = None,
+                on_empty: str = "raise") -> ChannelGating:
+    """Gate ``model`` with one static mask per layer until the returned handle is removed.
+
+    ``with apply_masks(model, masks): y = model(x)``.
+    """
+    layers = layers if layers is not None else find_maskable_layers(model)
+    return StaticMasks(layers, masks, on_empty).install(model)
+
+
+class StackedMasks:
+    """N masks per layer, ``{layer name: (N, C)}``, applied to an input repeated N times.
+
+    The values may carry gradients (e.g. :func:`binarize_ste` of learnable scores); set
+    ``binary=False`` to skip the 0/1 check (it is skipped anyway for tensors that require grad).
+    """
+
+    def __init__(self, layers: list[MaskableLayer], masks: Mapping[str, torch.Tensor], binary: bool = True,
+                 on_empty: str = "allow"):
+        by_name = _layer_lookup(layers, masks)
+        self.layers = [by_name[k] for k in masks]
+        sizes = {tuple(v.shape)[:1] for v in masks.values()}
+        if len(sizes) != 1:
+            raise MaskShapeError(f"stacked masks disagree on N: first dimensions {sorted(sizes)}")
+        self.n = next(iter(sizes))[0] if sizes else 1
+        self.masks = {}
+        for k, v in masks.items():
+            if v.requires_grad:
+                if v.ndim != 2 or v.shape[1] != by_name[k].out_channels:
+                    raise MaskShapeError(f"mask for layer {k} has shape {tuple(v.shape)}, "
+                                         f"expected (N, {by_name[k].out_channels})")
+                self.masks[k] = v
+            else:
+                self.masks[k] = check_mask(by_name[k], v, stacked=True, binary=binary, on_empty=on_empty)
+
+    def __call__(self, layer, out, x_in):
+        m = self.masks[layer.name].to(device=out.device, dtype=out.dtype)
+        nb = out.shape[0]
+        if nb % self.n:
+            raise MaskShapeError(f"layer {layer.name}: batch of {nb} is not a multiple of N={self.n} modules; "
+                                 "run the model through batched_forward")
+        shaped = out.view(self.n, nb // self.n, *out.shape[1:])
+        return (shaped * m.view(self.n, 1, -1, *([1] * (out.ndim - 2)))).view_as(out)
+
+    def install(self, model: nn.Module) -> ChannelGating:
+        return ChannelGating(model, self.layers, self)
+
+
+def batched_forward(model: nn.Module, x: torch.Tensor, masks: Mapping[str, torch.Tensor],
+                    layers: list[MaskableLayer] | None = None, binary: bool = True) -> torch.Tensor:
+    """Run N masked copies of ``model`` on ``x`` in one pass; returns ``N × B × outputs``."""
+    layers = layers if layers is not None else find_maskable_layers(model)
+    stacked = StackedMasks(layers, masks, binary=binary)
+    xn = x.unsqueeze(0).expand(stacked.n, *x.shape).reshape(stacked.n * x.shape[0], *x.shape[1:])
+    with stacked.install(model):
+        y = model(xn)
+    return y.view(stacked.n, x.shape[0], *y.shape[1:])
+
+
+class InputGates(nn.Module):
+    """Input-dependent gates: per layer, a network maps the conv's input ``(B, C_in, H, W)`` to
+    per-sample channel gates ``(B, C_out)`` that scale the layer's output.
+
+    ``build_gate(layer)`` returns that network (MwT supplies its own). The default is global
+    average pooling → Linear → ReLU → Linear → sigmoid. The gates of the last forward pass are
+    kept in :attr:`last` (``{layer: (B, C_out)}``) for losses and metrics.
+    """
+
+    def __init__(self, layers: list[MaskableLayer],
+                 build_gate: Callable[[MaskableLayer], nn.Module] | None = None):
+        super().__init__()
+        self.layers = layers
+        build_gate = build_gate or default_gate
+        self.nets = nn.ModuleDict({_key(layer.name): build_gate(layer) for layer in layers})
+        self.last: dict[str, torch.Tensor] = {}
+        self.binary = False
+
+    def __call__(self, layer, out, x_in):  # the gate hook; nn.Module.__call__ is not used
+        g = self.nets[_key(layer.name)](x_in)
+        if self.binary:
+            g = (g > 0).to(out.dtype)
+        self.last[layer.name] = g
+        return out * g.view(*g.shape, *([1] * (out.ndim - 2)))
+
+    def install(self, model: nn.Module) -> ChannelGating:
+        return ChannelGating(model, self.layers, self, needs_input=True)
+
+
+def _key(name: str) -> str:
+    return name.replace(".", "__")
+
+
+def default_gate(layer: MaskableLayer) -> nn.Module:
+    cin, cout = layer.conv.in_channels, layer.out_channels
+    hidden = max(4, cout // 2)
+    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, hidden, bias=False), nn.ReLU(),
+                         nn.Linear(hidden, cout), nn.Sigmoid())
+
+
+# --------------------------------------------------------------------------------------------
+# Weight-level masks (SeaM)
+# --------------------------------------------------------------------------------------------
+
+class _ScoreMask(nn.Module):
+    """Parametrization ``W ↦ W ⊙ 1[score > 0]`` with a straight-through gradient into ``score``."""
+
+    def __init__(self, shape: torch.Size, device=None):
+        super().__init__()
+        self.score = nn.Parameter(torch.ones(shape, device=device))
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return w * binarize_ste(self.score).to(w.dtype)
+
+
+class WeightMasks:
+    """Element-wise masks on the weights (and biases) of conv and linear layers.
+
+    Each masked tensor gets a learnable score of its shape, initialised to 1 (everything kept);
+    the forward uses ``W ⊙ 1[score > 0]``; the backward is straight-through with the gradient
+    clipped to [-1, 1]. The original weights are frozen. :meth:`remove` restores the model.
+    """
+
+    def __init__(self, model: nn.Module, include: Callable[[str, nn.Module], bool] | None = None,
+                 mask_bias: bool = True):
+        self.model = model
+        self.targets: list[tuple[str, nn.Module, str]] = []
+        for name, mod in model.named_modules():
+            if isinstance(mod, (nn.Conv2d, nn.Linear)) and (include is None or include(name, mod)):
+                for pname in ("weight", "bias") if mask_bias else ("weight",):
+                    p = getattr(mod, pname, None)
+                    if p is None:
+                        continue
+                    p.requires_grad_(False)
+                    parametrize.register_parametrization(mod, pname, _ScoreMask(p.shape, p.device))
+                    self.targets.append((name, mod, pname))
+        if not self.targets:
+            raise UnsupportedModelError(f"{type(model).__name__} has no conv or linear layer to mask")
+
+    def scores(self) -> dict[str, torch.Tensor]:
+        return {f"{n}.{p}": m.parametrizations[p][0].score for n, m, p in self.targets}
+
+    def parameters(self):
+        return [s for s in self.scores().values()]
+
+    def masks(self) -> dict[str, torch.Tensor]:
+        """The current binary masks ``{"layer.weight": 0/1 tensor}``."""
+        return {k: (s.detach() > 0).float() for k, s in self.scores().items()}
+
+    def remove(self, bake: bool = False) -> None:
+        """Remove the parametrizations; with ``bake=True`` the masked weights are kept."""
+        for _, mod, pname in self.targets:
+            parametrize.remove_parametrizations(mod, pname, leave_parametrized=bake)
+        self.targets = []
