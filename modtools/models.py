@@ -307,6 +307,12 @@ def build_model(name: str, **kwargs) -> nn.Module:
     return model
 
 
+def build_from_config(config: dict) -> nn.Module:
+    """Rebuild an architecture from the ``{"arch": name, **kwargs}`` that :func:`model_config` returns."""
+    kwargs = {k: v for k, v in config.items() if k != "arch"}
+    return build_model(config["arch"], **kwargs)
+
+
 def model_config(model: nn.Module) -> dict:
     """The ``{"arch": name, **kwargs}`` a zoo model was built with (raises if it was not built here)."""
     cfg = getattr(model, "modtools_config", None)

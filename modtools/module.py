@@ -1,0 +1,228 @@
+"""The ``Module``: what every approach produces, and its file format.
+
+A module is a source model's identity (architecture, build config, SHA-256 of its weights) plus
+a kernel mask per layer, a head, the task (classes and names), the approach and its config, the
+metrics and the lineage. Its network is the physically extracted sub-network
+(:func:`modtools.extract.extract`), so a module runs on its own.
+
+On disk a module is a folder:
+
+* ``weights.safetensors``: ``network.*`` (the extracted network), ``head.*`` and ``mask.<layer>``.
+* ``card.json``: the metadata, with keys in the spirit of Hugging Face model cards
+  (``library_name``, ``tags``, ``datasets``, ``base_model``, ``metrics``) plus modtools' own.
+
+The folder is written to a temporary sibling and renamed, so it appears complete or not at all.
+Loading rebuilds the architecture from the card, re-applies the masks' structure, and loads the
+weights after checking the file's SHA-256; problems raise :class:`~modtools.errors.CheckpointError`
+(corrupt or truncated files) or :class:`~modtools.errors.ModuleMismatchError` (wrong model).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import torch
+import torch.nn as nn
+
+from .errors import CheckpointError, ModuleMismatchError
+from .extract import extract
+from .heads import build_head
+from .io import atomic_write_json, load_tensors, read_json, save_tensors, state_hash
+from .masks import find_maskable_layers
+from .metrics import kernel_retention
+from .models import build_from_config, model_config
+
+CARD_VERSION = 1
+
+
+def source_identity(model: nn.Module, input_shape: Sequence[int], dataset: str = "") -> dict:
+    """What identifies a source model: build config, weights hash, input shape, parameter shapes."""
+    return {"arch": model_config(model)["arch"], "config": model_config(model), "sha256": state_hash(model),
+            "input_shape": list(input_shape), "dataset": dataset,
+            "shapes": {k: list(v.shape) for k, v in model.state_dict().items()}}
+
+
+def check_source(model: nn.Module, source: dict, where: str = "module") -> None:
+    """Raise :class:`ModuleMismatchError` unless ``model`` is the source model described by ``source``."""
+    try:
+        cfg = model_config(model)
+    except Exception:
+        cfg = {"arch": type(model).__name__}
+    if cfg != source["config"]:
+        diff = next(k for k in sorted(set(cfg) | set(source["config"])) if cfg.get(k) != source["config"].get(k))
+        raise ModuleMismatchError(f"{where} was made from {source['config']} but the model is {cfg}; "
+                                  f"first difference: {diff!r} ({source['config'].get(diff)!r} vs {cfg.get(diff)!r})")
+    shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
+    for k in sorted(set(shapes) | set(source["shapes"])):
+        if shapes.get(k) != source["shapes"].get(k):
+            raise ModuleMismatchError(f"{where}: parameter {k!r} has shape {shapes.get(k)} in the model but "
+                                      f"{source['shapes'].get(k)} in the source model")
+    sha = state_hash(model)
+    if sha != source["sha256"]:
+        raise ModuleMismatchError(f"{where} was made from weights with SHA-256 {source['sha256'][:16]}…, "
+                                  f"the model's weights hash to {sha[:16]}… (same architecture, other weights)")
+
+
+@dataclass
+class Module:
+    """A reusable module (see the module docstring)."""
+
+    source: dict
+    masks: dict[str, torch.Tensor]
+    head_spec: dict
+    network: nn.Module
+    head: nn.Module
+    task: dict
+    approach: str = "baseline"
+    config: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+    lineage: list = field(default_factory=list)
+    extraction: dict = field(default_factory=dict)
+    name: str = ""
+
+    # -- building -------------------------------------------------------------------------
+    @classmethod
+    def create(cls, model: nn.Module, masks: Mapping[str, torch.Tensor], task: dict, head_spec: dict,
+               head_state: Mapping[str, torch.Tensor] | None = None, approach: str = "baseline",
+               config: dict | None = None, metrics: dict | None = None, lineage: list | None = None,
+               input_shape: Sequence[int] = (3, 32, 32), dataset: str = "", on_empty: str = "raise",
+               name: str = "") -> "Module":
+        """Extract ``model`` under ``masks`` and wrap it with a head and its metadata."""
+        masks = {k: (torch.as_tensor(v) != 0) for k, v in masks.items()}
+        network, report = extract(model, {k: v.float() for k, v in masks.items()}, on_empty=on_empty,
+                                  image_size=int(input_shape[-1]))
+        head = build_head(head_spec)
+        if head_state:
+            head.load_state_dict(dict(head_state))
+        source = source_identity(model, input_shape, dataset)
+        return cls(source, masks, dict(head_spec), network, head.eval(), dict(task), approach, dict(config or {}),
+                   dict(metrics or {}), list(lineage or []), report.to_dict(),
+                   name or f"{approach}-{source['arch']}-{'_'.join(map(str, task.get('classes', [])))}")
+
+    def as_model(self) -> nn.Sequential:
+        """The module as one ``nn.Module``: network then head."""
+        return nn.Sequential(self.network, self.head).eval()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.network(x))
+
+    def to(self, device) -> "Module":
+        self.network.to(device)
+        self.head.to(device)
+        return self
+
+    def kernel_counts(self) -> dict:
+        return {k: {"kept": int(v.sum()), "total": int(v.numel())} for k, v in self.masks.items()}
+
+    def card(self, weights_sha256: str = "") -> dict:
+        """The module card (JSON-able)."""
+        krr = kernel_retention(self.masks)["rate"] if self.masks else 1.0
+        return {
+            "card_version": CARD_VERSION,
+            "library_name": "modtools",
+            "name": self.name,
+            "tags": ["modtools", "module", self.approach, self.source["arch"]],
+            "datasets": [self.source.get("dataset") or self.task.get("dataset", "")],
+            "base_model": {k: v for k, v in self.source.items()},
+            "approach": self.approach,
+            "config": self.config,
+            "task": self.task,
+            "head": self.head_spec,
+            "kernels": self.kernel_counts(),
+            "kernel_retention": krr,
+            "extraction": self.extraction,
+            "metrics": self.metrics,
+            "lineage": self.lineage,
+            "weights": {"file": "weights.safetensors", "sha256": weights_sha256},
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+
+    # -- files ----------------------------------------------------------------------------
+    def save(self, folder: str | os.PathLike) -> Path:
+        """Write ``weights.safetensors`` and ``card.json`` into ``folder``, atomically."""
+        folder = Path(folder)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        try:
+            tensors = {f"network.{k}": v for k, v in self.network.state_dict().items()}
+            tensors.update({f"head.{k}": v for k, v in self.head.state_dict().items()})
+            tensors.update({f"mask.{k}": v.to(torch.uint8) for k, v in self.masks.items()})
+            sha = save_tensors(tmp / "weights.safetensors", tensors, {"format": "modtools-module"})
+            atomic_write_json(tmp / "card.json", self.card(sha))
+            old = None
+            if folder.exists():
+                old = folder.with_name(f".{folder.name}.old")
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(folder, old)
+            os.replace(tmp, folder)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike, model: nn.Module | None = None,
+             device: str | torch.device = "cpu") -> "Module":
+        """Load a module folder; with ``model``, also check that it is the module's source model.
+
+        Raises:
+            CheckpointError: missing/corrupt card or weights, hash mismatch.
+            ModuleMismatchError: weights that do not fit the recorded architecture, or a ``model``
+                that is not the source model.
+        """
+        folder = Path(folder)
+        card_path = folder / "card.json"
+        if not card_path.is_file():
+            raise CheckpointError(f"{folder} is not a module folder: {card_path} is missing")
+        card = read_json(card_path)
+        for key in ("base_model", "kernels", "head", "weights", "task"):
+            if key not in card:
+                raise CheckpointError(f"{card_path} lacks the key {key!r}; it is not a modtools module card")
+        source = card["base_model"]
+        if model is not None:
+            check_source(model, source, where=f"module {folder}")
+        tensors = load_tensors(folder / card["weights"]["file"], card["weights"]["sha256"])
+        masks = {k[5:]: v.bool() for k, v in tensors.items() if k.startswith("mask.")}
+        with torch.random.fork_rng(devices=[]):
+            skeleton = build_from_config(source["config"])
+        policy = card.get("extraction", {}).get("on_empty", "raise")
+        network, _ = extract(skeleton, {k: v.float() for k, v in masks.items()}, on_empty=policy,
+                             image_size=int(source["input_shape"][-1]))
+        net_state = {k[8:]: v for k, v in tensors.items() if k.startswith("network.")}
+        _load_strict(network, net_state, folder)
+        head = build_head(card["head"])
+        _load_strict(head, {k[5:]: v for k, v in tensors.items() if k.startswith("head.")}, folder)
+        mod = cls(source, masks, card["head"], network.eval(), head.eval(), card["task"], card.get("approach", ""),
+                  card.get("config", {}), card.get("metrics", {}), card.get("lineage", []),
+                  card.get("extraction", {}), card.get("name", folder.name))
+        return mod.to(device)
+
+
+def _load_strict(module: nn.Module, state: dict, folder: Path) -> None:
+    own = module.state_dict()
+    for k in sorted(set(own) | set(state)):
+        if k not in state:
+            raise ModuleMismatchError(f"{folder}: weights lack {k!r} that the recorded architecture needs")
+        if k not in own:
+            raise ModuleMismatchError(f"{folder}: weights hold {k!r} that the recorded architecture does not have")
+        if tuple(own[k].shape) != tuple(state[k].shape):
+            raise ModuleMismatchError(f"{folder}: {k!r} has shape {tuple(state[k].shape)} in the file but the "
+                                      f"architecture rebuilt from the card needs {tuple(own[k].shape)}")
+    module.load_state_dict(state)
+
+
+def masks_from_layers(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Check mask names against ``model``'s maskable layers; return them as float tensors."""
+    names = {layer.name for layer in find_maskable_layers(model)}
+    bad = [k for k in masks if k not in names]
+    if bad:
+        raise ModuleMismatchError(f"masks name layers {bad} that {type(model).__name__} does not have; "
+                                  f"its maskable layers: {sorted(names)}")
+    return {k: torch.as_tensor(v).float() for k, v in masks.items()}
