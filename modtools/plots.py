@@ -1,0 +1,113 @@
+"""Figure functions. They read results (the dicts notebooks write to ``results.json``), never train.
+
+Each returns a matplotlib ``Figure``; :func:`save_figure` writes it as
+``<figures_dir>/<notebook>_<name>.png`` atomically.
+"""
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import matplotlib.pyplot as plt
+
+from .io import atomic_write_bytes
+
+PALETTE = {"model": "#4c72b0", "module": "#dd8452", "accent": "#55a868", "muted": "#8c8c8c"}
+
+
+def save_figure(fig, figures_dir: str | os.PathLike, notebook: str, name: str, dpi: int = 120) -> Path:
+    """Save ``fig`` as ``<figures_dir>/<notebook>_<name>.png`` (atomically) and return the path."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    return atomic_write_bytes(Path(figures_dir) / f"{notebook}_{name}.png", buf.getvalue())
+
+
+def per_class_bars(ax, per_class: Sequence[Mapping], title: str = "", key: str = "recall") -> None:
+    names = [c["name"] for c in per_class]
+    values = [c[key] for c in per_class]
+    ax.bar(range(len(values)), values, color=PALETTE["model"])
+    ax.set_xticks(range(len(values)), names, rotation=45, ha="right", fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel(f"per-class {'accuracy' if key == 'recall' else key}")
+    ax.set_title(title, fontsize=10)
+
+
+def quickstart_figure(results: Mapping) -> plt.Figure:
+    """Full model per class; module accuracy and MACs against the kept fraction; module vs model."""
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), gridspec_kw={"width_ratios": [1.2, 1, 1.1]})
+    per_class_bars(axes[0], results["per_class_model"],
+                   f"{results['arch']} on {results['dataset']}: test accuracy {results['accuracy_model']:.1%}")
+
+    ax = axes[1]
+    sweep = results["sweep"]
+    keep = [row["keep_fraction"] for row in sweep]
+    ax.plot(keep, [row["accuracy_module"] for row in sweep], "o-", color=PALETTE["module"], label="module accuracy")
+    ax.plot(keep, [row["macs_ratio"] for row in sweep], "s--", color=PALETTE["muted"], label="module MACs / model MACs")
+    ax.axhline(results["accuracy_model_on_task"], color=PALETTE["model"], lw=1, label="full model on the same task")
+    ax.axvline(results["keep_fraction"], color=PALETTE["accent"], lw=1, ls=":", label="module kept below")
+    ax.set_xlabel("kernels kept per layer (fraction)")
+    ax.set_ylim(0, 1.05)
+    ax.set_title(f"one-class module for '{results['target_name']}' (class vs rest)", fontsize=10)
+    ax.legend(fontsize=8, loc="lower right")
+
+    ax = axes[2]
+    cmp = results["comparison"]
+    rows = [("parameters", "params"), ("MACs", "macs"), ("latency, batch 64", "latency_b64"),
+            ("latency, batch 1", "latency_b1"), ("task accuracy", "accuracy")]
+    y = range(len(rows))
+    ratios = [cmp["module"][k] / cmp["model"][k] if cmp["model"][k] else 0 for _, k in rows]
+    ax.barh(list(y), [1] * len(rows), color=PALETTE["model"], alpha=0.25, label="full model = 100%")
+    ax.barh(list(y), ratios, color=PALETTE["module"], label="module")
+    for i, (label, k) in enumerate(rows):
+        ax.text(min(ratios[i], 1.0) + 0.02, i, _fmt(k, cmp["module"][k], cmp["model"][k]), va="center", fontsize=8)
+    ax.set_yticks(list(y), [r[0] for r in rows])
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1.9)
+    ax.set_xlabel("module relative to the full model")
+    ax.set_title(f"saved, reloaded module (keep {results['keep_fraction']:.0%})", fontsize=10)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+def _fmt(key: str, a: float, b: float) -> str:
+    if key == "accuracy":
+        return f"{a:.1%} vs {b:.1%}"
+    if key.startswith("latency"):
+        return f"{a * 1e3:.2f} vs {b * 1e3:.2f} ms"
+    if key == "macs":
+        return f"{a / 1e6:.1f}M vs {b / 1e6:.1f}M"
+    return f"{a / 1e3:.0f}k vs {b / 1e3:.0f}k"
+
+
+def training_curves_figure(records: Mapping[str, Mapping]) -> plt.Figure:
+    """Validation accuracy and training loss per epoch, one line per model."""
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+    for name, rec in records.items():
+        hist = rec["history"]
+        epochs = [h["epoch"] for h in hist]
+        a1.plot(epochs, [h["val_accuracy"] for h in hist], "o-", label=name)
+        a2.plot(epochs, [h["train_loss"] for h in hist], "o-", label=name)
+    a1.set(xlabel="epoch", ylabel="validation accuracy", title="validation accuracy")
+    a2.set(xlabel="epoch", ylabel="training loss", title="training loss")
+    a1.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def per_class_heatmap(per_class: Mapping[str, Sequence[Mapping]], title: str = "per-class test accuracy") -> plt.Figure:
+    """Models × classes heat map of per-class accuracy (recall)."""
+    import seaborn as sns
+
+    names = list(per_class)
+    classes = [c["name"] for c in per_class[names[0]]]
+    values = [[c["recall"] for c in per_class[n]] for n in names]
+    fig, ax = plt.subplots(figsize=(1.0 + 0.75 * len(classes), 1.2 + 0.5 * len(names)))
+    sns.heatmap(values, annot=True, fmt=".2f", vmin=0, vmax=1, cmap="viridis", xticklabels=classes,
+                yticklabels=names, ax=ax, cbar_kws={"label": "accuracy"})
+    ax.set_title(title)
+    plt.setp(ax.get_xticklabels(), rotation=45, ha="right")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,32 @@
+"""Parameter values of each notebook under each profile.
+
+* ``smoke``: seconds, on the synthetic data set, for tests.
+* ``quick``: the notebooks' own defaults (a 2-core CPU in minutes, on Fashion-MNIST); empty here.
+* ``paper``: the published settings (CIFAR-10, full widths and schedules), for a GPU.
+
+Every name must be a parameter of its notebook; the runner checks that before a kernel starts.
+"""
+from __future__ import annotations
+
+_SMOKE_DATA = {"dataset": "synthetic", "per_class": None, "test_per_class": None}
+
+PROFILE_VALUES: dict[str, dict[str, dict]] = {
+    "00_quickstart": {
+        "smoke": {**_SMOKE_DATA, "width": 0.125, "epochs": 1, "sweep": [0.5, 1.0], "latency_repeats": 2},
+        "quick": {},
+        "paper": {"dataset": "cifar10", "width": 1.0, "per_class": None, "test_per_class": None, "epochs": 200,
+                  "lr": 0.01, "schedule": "step", "milestones": [60, 120], "augment": True},
+    },
+    "10_train_models": {
+        "smoke": {**_SMOKE_DATA, "archs": ["simcnn", "resnet20"], "width": 0.125, "epochs": 1},
+        "quick": {},
+        "paper": {"dataset": "cifar10", "archs": ["simcnn", "rescnn", "incecnn", "vgg16", "resnet18", "resnet20"],
+                  "width": 1.0, "per_class": None, "test_per_class": None, "epochs": 200, "lr": 0.01,
+                  "schedule": "step", "milestones": [60, 120], "augment": True},
+    },
+}
+
+
+def profile_parameters(notebook: str, profile: str) -> dict:
+    """The values ``profile`` sets for ``notebook`` (empty for ``quick`` and unknown notebooks)."""
+    return dict(PROFILE_VALUES.get(notebook, {}).get(profile, {}))
