@@ -1,0 +1,95 @@
+"""Benchmarks (``make bench`` / ``python -m modtools.bench``): results go to ``runs/bench/``.
+
+``extract``: for each zoo architecture and random kernel masks keeping 25/50/75 % of each layer,
+the MAC ratio, parameter ratio, measured CPU latency ratio at batch 64 and batch 1 (extracted /
+full), and the max |masked − extracted| output difference. Target: at batch 64 the latency ratio
+is within 1.25× of the MAC ratio.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+from .extract import extract, extraction_error
+from .io import atomic_write_json
+from .masks import find_maskable_layers, random_masks
+from .metrics import MAC_UNIT, count_macs, measure_latency
+from .models import build_model
+
+ZOO = ["simcnn", "rescnn", "incecnn", "vgg16", "resnet18", "resnet20", "tv:resnet18"]
+TARGET = 1.25
+
+
+def bench_extract(archs=ZOO, fractions=(0.25, 0.5, 0.75), width: float = 0.5, image_size: int = 32,
+                  repeats: int = 10, seed: int = 0) -> dict:
+    """Measure extraction's cost and speed ratios (see the module docstring)."""
+    rows = []
+    shape = (3, image_size, image_size)
+    for arch in archs:
+        torch.manual_seed(seed)
+        w = 1.0 if arch.startswith("tv:") or arch == "resnet20" else width
+        model = build_model(arch, num_classes=10, width=w).eval()
+        layers = find_maskable_layers(model)
+        full = count_macs(model, shape)
+        lat_full = {b: measure_latency(model, shape, b, repeats=repeats)["seconds"] for b in (64, 1)}
+        x = torch.rand(8, *shape)
+        for keep in fractions:
+            masks = random_masks(layers, keep, seed=seed)
+            t0 = time.perf_counter()
+            small, _ = extract(model, masks, image_size=image_size)
+            seconds = time.perf_counter() - t0
+            cut = count_macs(small, shape)
+            lat = {b: measure_latency(small, shape, b, repeats=repeats)["seconds"] for b in (64, 1)}
+            row = {"arch": arch, "width": w, "keep_fraction": keep, "macs_ratio": cut["macs"] / full["macs"],
+                   "params_ratio": cut["params"] / full["params"],
+                   "latency_ratio_b64": lat[64] / lat_full[64], "latency_ratio_b1": lat[1] / lat_full[1],
+                   "latency_seconds_b64": lat[64], "latency_seconds_b1": lat[1],
+                   "max_abs_diff": extraction_error(model, masks, small, x), "extract_seconds": seconds}
+            row["latency_over_macs_b64"] = row["latency_ratio_b64"] / row["macs_ratio"]
+            row["meets_target"] = row["latency_over_macs_b64"] <= TARGET
+            rows.append(row)
+            print(f"{arch:12s} keep {keep:.2f}: MACs {row['macs_ratio']:.2f}  params {row['params_ratio']:.2f}  "
+                  f"latency b64 {row['latency_ratio_b64']:.2f}  b1 {row['latency_ratio_b1']:.2f}  "
+                  f"diff {row['max_abs_diff']:.1e}", flush=True)
+    return {"benchmark": "extract", "unit": MAC_UNIT, "threads": torch.get_num_threads(), "image_size": image_size,
+            "repeats": repeats, "target": f"latency_ratio_b64 <= {TARGET} x macs_ratio", "rows": rows,
+            "share_meeting_target": sum(r["meets_target"] for r in rows) / len(rows)}
+
+
+def plot_extract(results: dict):
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 5))
+    for arch in dict.fromkeys(r["arch"] for r in results["rows"]):
+        rows = [r for r in results["rows"] if r["arch"] == arch]
+        ax.plot([r["macs_ratio"] for r in rows], [r["latency_ratio_b64"] for r in rows], "o-", label=arch)
+    ax.plot([0, 1], [0, 1], "k:", lw=1, label="latency = MACs")
+    ax.plot([0, 1 / TARGET], [0, 1], "k--", lw=0.8, label=f"{TARGET}× MACs (target bound)")
+    ax.set(xlabel="extracted / full MACs", ylabel="extracted / full latency (batch 64, CPU)",
+           title=f"extraction speed-up ({results['threads']} threads)", xlim=(0, 1.05), ylim=(0, 1.3))
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m modtools.bench", description=__doc__)
+    parser.add_argument("--out", default="runs/bench", help="output folder")
+    parser.add_argument("--width", type=float, default=0.5, help="width multiplier of the zoo models")
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--archs", nargs="*", default=ZOO)
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    results = bench_extract(args.archs, width=args.width, repeats=args.repeats)
+    atomic_write_json(out / "extract.json", results)
+    from .plots import save_figure
+    save_figure(plot_extract(results), out, "bench", "extract")
+    print(f"wrote {out / 'extract.json'}; {results['share_meeting_target']:.0%} of rows meet the latency target")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

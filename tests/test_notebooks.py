@@ -1,0 +1,33 @@
+"""Every notebook runs with papermill in the smoke profile and writes its results and figures."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from modtools import runner
+
+REQUIRED = {"00_quickstart": ["accuracy_model", "accuracy_module", "macs_ratio", "latency_ratio_b64", "sweep"],
+            "10_train_models": ["models", "per_class", "accuracy"]}
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("name", runner.list_notebooks())
+def test_notebook_smoke(tmp_path, name, monkeypatch):
+    monkeypatch.setenv("MODTOOLS_DOWNLOAD", "0")
+    result = runner.run_notebook(name, "smoke", run_dir=tmp_path / "runs" / name, figures_dir=tmp_path / "figures")
+    results = json.loads((tmp_path / "runs" / name / "results.json").read_text())
+    assert results["notebook"] == name and results["profile"] == "smoke"
+    assert results["wall_seconds"] > 0 and results["versions"]["torch"].startswith("2.14")
+    assert results["seed"] == 0 and results["device"] in ("cpu", "cuda")
+    for key in REQUIRED.get(name, []):
+        assert key in results, key
+    figures = list((tmp_path / "figures").glob(f"{name}_*.png"))
+    assert figures and all(f.stat().st_size > 1000 for f in figures)
+    assert (tmp_path / "runs" / name / f"{name}.ipynb").is_file() and result.seconds > 0
+
+
+def test_failing_notebook_names_the_cell(tmp_path):
+    with pytest.raises(runner.NotebookFailed, match=r"failed in cell \d+.*InvalidClassError"):
+        runner.run_notebook("00_quickstart", "smoke", {"target_class": 99}, run_dir=tmp_path / "r",
+                            figures_dir=tmp_path / "f")
