@@ -210,13 +210,16 @@ def _digits(split: str, seed: int = 0) -> ImageDataset:
 
 
 def synthetic(num_classes: int = 4, n_per_class: int = 32, image_size: int = 16, channels: int = 1,
-              seed: int = 0, noise: float = 0.15, name: str = "synthetic") -> ImageDataset:
-    """A seeded, learnable toy data set: one random smooth template per class plus noise."""
+              seed: int = 0, noise: float = 0.15, name: str = "synthetic", split: str = "train") -> ImageDataset:
+    """A seeded, learnable toy data set: one random smooth template per class plus noise.
+
+    ``seed`` fixes the class templates; ``split`` draws different samples of the same classes.
+    """
     if num_classes < 2:
         raise ValueError(f"num_classes must be at least 2, got {num_classes}")
-    g = torch.Generator().manual_seed(seed)
-    coarse = torch.rand(num_classes, channels, 4, 4, generator=g)
+    coarse = torch.rand(num_classes, channels, 4, 4, generator=torch.Generator().manual_seed(seed))
     templates = F.interpolate(coarse, size=(image_size, image_size), mode="bilinear", align_corners=False)
+    g = torch.Generator().manual_seed(seed * 7919 + (0 if split == "train" else 1))
     labels = torch.arange(num_classes).repeat_interleave(n_per_class)
     x = templates[labels] + noise * torch.randn(len(labels), channels, image_size, image_size, generator=g)
     perm = torch.randperm(len(labels), generator=g)
@@ -250,7 +253,7 @@ def load_dataset(name: str = "fashion-mnist", split: str = "train", root: str | 
     if name == "digits":
         return _digits(split, seed)
     if name == "synthetic":
-        return synthetic(seed=seed + (0 if split == "train" else 1))
+        return synthetic(seed=seed, split=split)
     return _torchvision(name, split, root_path, allowed, superclasses)
 
 

@@ -109,5 +109,6 @@ def per_class_heatmap(per_class: Mapping[str, Sequence[Mapping]], title: str = "
                 yticklabels=names, ax=ax, cbar_kws={"label": "accuracy"})
     ax.set_title(title)
     plt.setp(ax.get_xticklabels(), rotation=45, ha="right")
+    plt.setp(ax.get_yticklabels(), rotation=0)
     fig.tight_layout()
     return fig

@@ -77,6 +77,8 @@ for arch in archs:
 
 # %% [markdown]
 # ## Training curves and per-class accuracy
+# A note on VGG16: its published initialisation (classifier weights drawn from N(0, 0.01)) makes
+# it start slowly, so within a few epochs it trails the others; the `paper` profile trains 200.
 
 # %%
 fig = plots.training_curves_figure(records)
