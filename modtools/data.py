@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import DatasetNotFoundError, EmptyClassError, InvalidClassError, UnknownNameError, check_classes
+from .errors import DatasetNotFoundError, EmptyClassError, UnknownNameError, check_classes
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
@@ -452,9 +452,3 @@ class TensorLoader:
             if self.augment:
                 x = augment_batch(x, g)
             yield x, self.ds.labels[idx]
-
-
-def class_indices(ds: ImageDataset, c: int) -> torch.Tensor:
-    if not 0 <= c < ds.num_classes:
-        raise InvalidClassError(f"class id {c} is out of range; valid ids are 0..{ds.num_classes - 1} of {ds.name}")
-    return torch.nonzero(ds.labels == c).squeeze(1)

@@ -344,7 +344,8 @@ class InputGates(nn.Module):
         self.last: dict[str, torch.Tensor] = {}
         self.binary = False
 
-    def __call__(self, layer, out, x_in):  # the gate hook; nn.Module.__call__ is not used
+    def apply_gate(self, layer: MaskableLayer, out: torch.Tensor, x_in: torch.Tensor) -> torch.Tensor:
+        """The hook body: compute this layer's gates from its input and scale its output."""
         g = self.nets[_key(layer.name)](x_in)
         if self.binary:
             g = (g > 0).to(out.dtype)
@@ -352,7 +353,7 @@ class InputGates(nn.Module):
         return out * g.view(*g.shape, *([1] * (out.ndim - 2)))
 
     def install(self, model: nn.Module) -> ChannelGating:
-        return ChannelGating(model, self.layers, self, needs_input=True)
+        return ChannelGating(model, self.layers, self.apply_gate, needs_input=True)
 
 
 def _key(name: str) -> str:

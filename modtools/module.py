@@ -33,7 +33,6 @@ from .errors import CheckpointError, ModuleMismatchError
 from .extract import extract
 from .heads import build_head
 from .io import atomic_write_json, load_tensors, read_json, save_tensors, state_hash
-from .masks import find_maskable_layers
 from .metrics import kernel_retention
 from .models import build_from_config, model_config
 
@@ -216,13 +215,3 @@ def _load_strict(module: nn.Module, state: dict, folder: Path) -> None:
             raise ModuleMismatchError(f"{folder}: {k!r} has shape {tuple(state[k].shape)} in the file but the "
                                       f"architecture rebuilt from the card needs {tuple(own[k].shape)}")
     module.load_state_dict(state)
-
-
-def masks_from_layers(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Check mask names against ``model``'s maskable layers; return them as float tensors."""
-    names = {layer.name for layer in find_maskable_layers(model)}
-    bad = [k for k in masks if k not in names]
-    if bad:
-        raise ModuleMismatchError(f"masks name layers {bad} that {type(model).__name__} does not have; "
-                                  f"its maskable layers: {sorted(names)}")
-    return {k: torch.as_tensor(v).float() for k, v in masks.items()}

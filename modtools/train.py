@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import data as D
-from .io import atomic_write_json, config_hash, load_tensors, read_json, save_tensors, sha256_file
+from .io import atomic_write_json, config_hash, load_tensors, read_json, save_tensors
 from .models import build_model
 
 OPTIMIZERS = ("sgd", "adam")

@@ -6,7 +6,6 @@ import torch
 import torch.nn.functional as F
 
 from modtools import baseline as B
-from modtools import data as D
 from modtools.errors import InvalidClassError
 from modtools.masks import ChannelGating, find_maskable_layers
 from modtools.report import module_vs_model

@@ -31,3 +31,17 @@ def test_failing_notebook_names_the_cell(tmp_path):
     with pytest.raises(runner.NotebookFailed, match=r"failed in cell \d+.*InvalidClassError"):
         runner.run_notebook("00_quickstart", "smoke", {"target_class": 99}, run_dir=tmp_path / "r",
                             figures_dir=tmp_path / "f")
+
+
+def test_notebooks_match_their_percent_sources():
+    """Each .ipynb is its paired .py (jupytext percent) without outputs; one cell is tagged parameters."""
+    import jupytext
+
+    for name in runner.list_notebooks():
+        py = runner.notebooks_dir() / f"{name}.py"
+        a, b = jupytext.read(py), jupytext.read(py.with_suffix(".ipynb"))
+        assert [(c.cell_type, c.source.strip()) for c in a.cells] == \
+               [(c.cell_type, c.source.strip()) for c in b.cells], f"{name}: run `make notebooks`"
+        tagged = [c for c in b.cells if "parameters" in c.metadata.get("tags", [])]
+        assert len(tagged) == 1, name
+        assert all(not c.get("outputs") for c in b.cells if c.cell_type == "code"), f"{name} has outputs"
