@@ -23,8 +23,8 @@ ZOO = ["simcnn", "rescnn", "incecnn", "vgg16", "resnet18", "resnet20", "tv:resne
 TARGET = 1.25
 
 
-def bench_extract(archs=ZOO, fractions=(0.25, 0.5, 0.75), width: float = 0.5, image_size: int = 32,
-                  repeats: int = 10, seed: int = 0) -> dict:
+def bench_extract(archs=ZOO, fractions=(0.25, 0.5, 0.75), width: float = 1.0, image_size: int = 32,
+                  repeats: int = 5, seed: int = 0, align: int = 8) -> dict:
     """Measure extraction's cost and speed ratios (see the module docstring)."""
     rows = []
     shape = (3, image_size, image_size)
@@ -39,7 +39,7 @@ def bench_extract(archs=ZOO, fractions=(0.25, 0.5, 0.75), width: float = 0.5, im
         for keep in fractions:
             masks = random_masks(layers, keep, seed=seed)
             t0 = time.perf_counter()
-            small, _ = extract(model, masks, image_size=image_size)
+            small, _ = extract(model, masks, image_size=image_size, align=align)
             seconds = time.perf_counter() - t0
             cut = count_macs(small, shape)
             lat = {b: measure_latency(small, shape, b, repeats=repeats)["seconds"] for b in (64, 1)}
@@ -54,7 +54,7 @@ def bench_extract(archs=ZOO, fractions=(0.25, 0.5, 0.75), width: float = 0.5, im
             print(f"{arch:12s} keep {keep:.2f}: MACs {row['macs_ratio']:.2f}  params {row['params_ratio']:.2f}  "
                   f"latency b64 {row['latency_ratio_b64']:.2f}  b1 {row['latency_ratio_b1']:.2f}  "
                   f"diff {row['max_abs_diff']:.1e}", flush=True)
-    return {"benchmark": "extract", "unit": MAC_UNIT, "threads": torch.get_num_threads(), "image_size": image_size,
+    return {"benchmark": "extract", "unit": MAC_UNIT, "align": align, "threads": torch.get_num_threads(), "image_size": image_size,
             "repeats": repeats, "target": f"latency_ratio_b64 <= {TARGET} x macs_ratio", "rows": rows,
             "share_meeting_target": sum(r["meets_target"] for r in rows) / len(rows)}
 
@@ -78,12 +78,13 @@ def plot_extract(results: dict):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m modtools.bench", description=__doc__)
     parser.add_argument("--out", default="runs/bench", help="output folder")
-    parser.add_argument("--width", type=float, default=0.5, help="width multiplier of the zoo models")
-    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--width", type=float, default=1.0, help="width multiplier of the zoo models")
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--archs", nargs="*", default=ZOO)
+    parser.add_argument("--align", type=int, default=8, help="extract with widths aligned to this multiple")
     args = parser.parse_args(argv)
     out = Path(args.out)
-    results = bench_extract(args.archs, width=args.width, repeats=args.repeats)
+    results = bench_extract(args.archs, width=args.width, repeats=args.repeats, align=args.align)
     atomic_write_json(out / "extract.json", results)
     from .plots import save_figure
     save_figure(plot_extract(results), out, "bench", "extract")

@@ -90,11 +90,11 @@ class Module:
                head_state: Mapping[str, torch.Tensor] | None = None, approach: str = "baseline",
                config: dict | None = None, metrics: dict | None = None, lineage: list | None = None,
                input_shape: Sequence[int] = (3, 32, 32), dataset: str = "", on_empty: str = "raise",
-               name: str = "") -> "Module":
+               name: str = "", align: int = 1) -> "Module":
         """Extract ``model`` under ``masks`` and wrap it with a head and its metadata."""
         masks = {k: (torch.as_tensor(v) != 0) for k, v in masks.items()}
         network, report = extract(model, {k: v.float() for k, v in masks.items()}, on_empty=on_empty,
-                                  image_size=int(input_shape[-1]))
+                                  image_size=int(input_shape[-1]), align=align)
         head = build_head(head_spec)
         if head_state:
             head.load_state_dict(dict(head_state))
@@ -191,9 +191,10 @@ class Module:
         masks = {k[5:]: v.bool() for k, v in tensors.items() if k.startswith("mask.")}
         with torch.random.fork_rng(devices=[]):
             skeleton = build_from_config(source["config"])
-        policy = card.get("extraction", {}).get("on_empty", "raise")
-        network, _ = extract(skeleton, {k: v.float() for k, v in masks.items()}, on_empty=policy,
-                             image_size=int(source["input_shape"][-1]))
+        recorded = card.get("extraction", {})
+        network, _ = extract(skeleton, {k: v.float() for k, v in masks.items()},
+                             on_empty=recorded.get("on_empty", "raise"), image_size=int(source["input_shape"][-1]),
+                             align=int(recorded.get("align", 1)))
         net_state = {k[8:]: v for k, v in tensors.items() if k.startswith("network.")}
         _load_strict(network, net_state, folder)
         head = build_head(card["head"])

@@ -251,6 +251,8 @@ def spec_data(spec: ModelSpec, root=None) -> SpecData:
 
 
 def build_for(spec: ModelSpec, ds: D.ImageDataset) -> nn.Module:
+    """The spec's architecture for ``ds``'s input shape and classes, initialised from ``spec.fit.seed``."""
+    seed_everything(spec.fit.seed)
     return build_model(spec.arch, in_channels=ds.shape[0], num_classes=ds.num_classes, width=spec.width,
                        **spec.arch_kwargs)
 

@@ -66,3 +66,17 @@ def test_empty_layer_raises_unless_policy():
     assert extraction_error(model, masks, small, torch.rand(2, 3, 32, 32)) <= 1e-5
     with pytest.raises(ValueError, match="on_empty"):
         extract(model, masks, on_empty="lower_threshold")
+
+
+def test_aligned_widths_stay_exact():
+    model = tiny_model("resnet18")
+    layers = find_maskable_layers(model)
+    masks = random_masks(layers, 0.4, seed=2)
+    small, report = extract(model, masks, align=8)
+    assert report.align == 8
+    widths = [m.out_channels for m in small.modules() if isinstance(m, torch.nn.Conv2d)]
+    originals = [m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(w % 8 == 0 or w == o for w, o in zip(widths, originals))
+    assert extraction_error(model, masks, small, torch.rand(2, 3, 32, 32)) <= 1e-5
+    with pytest.raises(ValueError, match="align"):
+        extract(model, masks, align=0)

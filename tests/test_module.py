@@ -100,3 +100,12 @@ def test_unsafe_pickle_is_refused(tmp_path):
         safe_torch_load(path)
     torch.save({"w": torch.ones(2)}, tmp_path / "ok.pt")
     assert torch.equal(safe_torch_load(tmp_path / "ok.pt")["w"], torch.ones(2))
+
+
+def test_aligned_module_round_trip(tmp_path):
+    model = tiny_model("resnet20")
+    masks = random_masks(find_maskable_layers(model), 0.5, seed=1)
+    mod = Module.create(model, masks, {"classes": [0]}, {"type": "select", "classes": [0]}, align=4)
+    again = Module.load(mod.save(tmp_path / "m"), model=model)
+    x = torch.rand(2, 3, 32, 32)
+    assert torch.equal(again(x), mod(x)) and again.extraction["align"] == 4

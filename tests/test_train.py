@@ -71,3 +71,12 @@ def test_devices():
             T.resolve_device("cuda")
     with pytest.raises(ValueError, match="optimizer"):
         T.FitConfig(optimizer="lbfgs")
+
+
+def test_spec_models_start_from_the_seed(tiny_data):
+    spec = T.ModelSpec(arch="resnet20", width=0.25, dataset="synthetic", fit=T.FitConfig(seed=3))
+    train, _ = tiny_data
+    a = T.build_for(spec, train)
+    torch.rand(100)  # unrelated draws must not change the initial weights
+    b = T.build_for(spec, train)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
