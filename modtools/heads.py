@@ -3,7 +3,8 @@
 A head is described by a JSON-able spec so module files need no pickle:
 
 * ``{"type": "select", "classes": [c, ...]}``: keep the logits of those classes (in that order).
-* ``{"type": "linear", "in": n, "out": k}``: a new linear layer (e.g. a fine-tuned sub-task head).
+* ``{"type": "linear", "in": n, "out": k, "relu": False}``: a new linear layer (e.g. a fine-tuned
+  sub-task head); with ``"relu": True`` a ReLU comes first (MwT's ``ReLU → Linear`` head).
 * ``{"type": "detector", "in": n, "hidden": h}``: GradSplitter's ``sigmoid(Linear(ReLU(Linear(ReLU(logits)))))``,
   one score in (0, 1) per sample.
 * ``{"type": "logistic", "in": n}``: ``sigmoid(Linear(n, 1)(x))``, a logistic-regression detector.
@@ -59,7 +60,8 @@ def build_head(spec: dict) -> nn.Module:
     if kind == "select":
         return SelectHead(spec["classes"])
     if kind == "linear":
-        return nn.Linear(int(spec["in"]), int(spec["out"]))
+        linear = nn.Linear(int(spec["in"]), int(spec["out"]))
+        return nn.Sequential(nn.ReLU(), linear) if spec.get("relu") else linear
     if kind == "detector":
         return DetectorHead(int(spec["in"]), int(spec.get("hidden", 10)))
     if kind == "logistic":

@@ -215,6 +215,7 @@ class ModelSpec:
     val_fraction: float = 0.1
     arch_kwargs: dict = field(default_factory=dict)
     fit: FitConfig = field(default_factory=FitConfig)
+    variant: dict = field(default_factory=dict)  # how an approach changes training (part of the cache key)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -262,15 +263,22 @@ def default_cache() -> Path:
 
 
 def train_cached(spec: ModelSpec, cache: str | os.PathLike | None = None, device: str = "auto",
-                 progress: bool = True, data: SpecData | None = None, root=None) -> tuple[nn.Module, dict]:
+                 progress: bool = True, data: SpecData | None = None, root=None,
+                 build: Callable[[ModelSpec, D.ImageDataset], nn.Module] | None = None,
+                 extra_loss=None) -> tuple[nn.Module, dict]:
     """Train the model a spec describes, or load it when the same spec was trained before.
+
+    Args:
+        build: builds the model to train from the spec (default :func:`build_for`); an approach
+            that trains differently (MwT's gated models) passes its own, together with
+            ``extra_loss`` (see :func:`fit`) and a ``spec.variant`` that names its settings.
 
     Returns ``(model in eval mode, record)``; the record holds the spec, its key, the history,
     validation/test accuracy, training seconds and whether it came from the cache.
     """
     folder = Path(cache or default_cache()) / spec.key()
     data = data or spec_data(spec, root)
-    model = build_for(spec, data.train)
+    model = (build or build_for)(spec, data.train)
     rec_path, w_path = folder / "record.json", folder / "weights.safetensors"
     if rec_path.is_file() and w_path.is_file():
         record = read_json(rec_path)
@@ -278,7 +286,7 @@ def train_cached(spec: ModelSpec, cache: str | os.PathLike | None = None, device
         record["cached"] = True
         return model.eval().to(resolve_device(device)), record
     t0 = time.perf_counter()
-    history = fit(model, data.train, data.val, spec.fit, device=device, progress=progress)
+    history = fit(model, data.train, data.val, spec.fit, device=device, progress=progress, extra_loss=extra_loss)
     seconds = time.perf_counter() - t0
     test_acc = float((predict(model, data.test, device=device).argmax(1) == data.test.labels).float().mean())
     sha = save_tensors(w_path, model.state_dict(), {"spec": spec.key()})

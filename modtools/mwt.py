@@ -1,0 +1,371 @@
+"""MwT, modularizing while training (Qi et al., ICSE 2024), on the shared mask machinery.
+
+A CNN is trained with one small gate network per conv layer (all but the first): the gate maps the
+layer's *input* to per-sample, per-kernel weights ``relu(tanh(·))`` that scale the BN output
+(:class:`~modtools.masks.InputGates`). Besides cross-entropy, a *cohesion* loss pulls the gate
+vectors of same-class samples together and a *coupling* loss pushes different classes apart
+(cosine of row-normalised gate vectors over the pairs of a batch, layers weighted equally). After
+training, a kernel belongs to class c's module when its gate is on (> 0) for at least a fraction
+θ of c's training samples (collected once, without augmentation). A module for a sub-task is the
+union of its classes' kernels, extracted as one smaller network, with a new ``ReLU → Linear`` head
+on the logits, fine-tuned briefly and selected on a validation split (never the test split).
+"""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import data as D
+from .errors import EmptyMaskError, check_classes
+from .masks import InputGates, MaskableLayer, find_maskable_layers
+from .models import build_model
+from .module import Module
+from .train import FitConfig, ModelSpec, SpecData, fit, predict, resolve_device, seed_everything, train_cached
+
+ON_EMPTY = ("lower", "top1", "raise")
+
+
+@dataclass
+class MwTConfig:
+    """MwT's settings; the defaults are the published ones (``paper`` profile) unless noted."""
+
+    arch: str = "vgg16"
+    width: float = 1.0
+    dataset: str = "cifar10"
+    per_class: int | None = None
+    test_per_class: int | None = None
+    val_fraction: float = 0.1
+    alpha: float = 0.5            # weight of the cohesion loss
+    beta: float = 1.5             # weight of the coupling loss
+    epochs: int = 200
+    lr: float = 0.05              # network and gates
+    batch_size: int = 128
+    weight_decay: float = 0.0
+    augment: bool = True          # random crop + flip
+    threshold: float = 0.9        # θ of the frequency rule
+    on_empty: str = "lower"       # a layer left empty: lower θ for it by 0.05 steps | keep its top kernel | raise
+    finetune_epochs: int = 10
+    finetune_lr: float = 0.05
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.on_empty not in ON_EMPTY:
+            raise ValueError(f"on_empty={self.on_empty!r} is not allowed; use one of {ON_EMPTY}")
+        if not 0.0 < self.threshold <= 1.0:
+            raise ValueError(f"threshold must be in (0, 1], got {self.threshold}")
+
+    def fit_config(self) -> FitConfig:
+        return FitConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, momentum=0.9, nesterov=True,
+                         weight_decay=self.weight_decay, schedule="cosine", augment=self.augment,
+                         select_best=False, seed=self.seed)
+
+    def spec(self, modular: bool) -> ModelSpec:
+        """The model spec of the modular (gated) or the standard model; both share data and recipe."""
+        variant = {"approach": "mwt", "alpha": self.alpha, "beta": self.beta} if modular else {}
+        return ModelSpec(arch=self.arch, width=self.width, dataset=self.dataset, per_class=self.per_class,
+                         test_per_class=self.test_per_class, data_seed=self.seed, val_fraction=self.val_fraction,
+                         fit=self.fit_config(), variant=variant)
+
+
+# --------------------------------------------------------------------------------------------
+# Gates and the gated model
+# --------------------------------------------------------------------------------------------
+
+def gate_hidden_width(c_out: int) -> int:
+    """MwT's hidden width: ``C_out`` below 128 kernels, else ``C_out // 2``."""
+    return c_out if c_out < 128 else c_out // 2
+
+
+class MwTGate(nn.Module):
+    """GAP of the layer input → Linear (no bias) → ReLU → Linear (bias 1.0) → relu(tanh(·))."""
+
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__()
+        hidden = gate_hidden_width(c_out)
+        self.fc1 = nn.Linear(c_in, hidden, bias=False)
+        self.fc2 = nn.Linear(hidden, c_out)
+        nn.init.kaiming_normal_(self.fc1.weight)
+        nn.init.kaiming_normal_(self.fc2.weight)
+        nn.init.constant_(self.fc2.bias, 1.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g = x.mean(dim=(2, 3)) if x.ndim == 4 else x
+        return torch.relu(torch.tanh(self.fc2(torch.relu(self.fc1(g)))))
+
+
+class GatedModel(nn.Module):
+    """A backbone with MwT gates on every maskable layer except the first.
+
+    ``forward`` returns the backbone's logits; the gates of the last pass are in ``self.gates.last``.
+    """
+
+    def __init__(self, backbone: nn.Module, image_size: int = 32):
+        super().__init__()
+        self.backbone = backbone
+        first = next(m for m in backbone.modules() if isinstance(m, nn.Conv2d))
+        example = torch.zeros(1, first.in_channels, image_size, image_size)
+        layers = find_maskable_layers(backbone, example)
+        self.layers: list[MaskableLayer] = layers[1:]
+        self.gates = InputGates(self.layers, build_gate=lambda layer: MwTGate(layer.conv.in_channels,
+                                                                              layer.out_channels))
+        self._handle = self.gates.install(backbone)
+        self.modtools_config = getattr(backbone, "modtools_config", None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
+
+    def widths(self) -> dict[str, int]:
+        return {layer.name: layer.out_channels for layer in self.layers}
+
+    def plain_backbone(self) -> nn.Module:
+        """A copy of the backbone without gates (the network a module is extracted from)."""
+        self._handle.remove()
+        try:
+            plain = copy.deepcopy(self.backbone)
+        finally:
+            self._handle = self.gates.install(self.backbone)
+        return plain.eval()
+
+
+def build_gated(spec: ModelSpec, ds: D.ImageDataset) -> GatedModel:
+    """A gated model for ``ds`` (seeded from ``spec.fit.seed``), as :func:`train_cached` expects."""
+    seed_everything(spec.fit.seed)
+    backbone = build_model(spec.arch, in_channels=ds.shape[0], num_classes=ds.num_classes, width=spec.width,
+                           **spec.arch_kwargs)
+    return GatedModel(backbone, image_size=ds.shape[-1])
+
+
+# --------------------------------------------------------------------------------------------
+# Losses
+# --------------------------------------------------------------------------------------------
+
+def stack_gates(gates: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Gate tensors of all layers, zero-padded to one width: ``(L, B, C_max)``."""
+    c_max = max(g.shape[1] for g in gates)
+    return torch.stack([F.pad(g, (0, c_max - g.shape[1])) for g in gates])
+
+
+def cohesion_coupling_loss(gates: Sequence[torch.Tensor], labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """MwT's cohesion and coupling losses, all layers at once.
+
+    Per layer: cosine similarity of the row-normalised gate vectors; cohesion = 1 − mean over
+    same-class pairs ``i < j``, coupling = mean over different-class pairs; then the plain mean
+    over layers. A batch without same-class (or different-class) pairs contributes 0 to that term.
+    """
+    g = F.normalize(stack_gates(gates), p=2, dim=2)           # L × B × C (zero padding keeps cosines)
+    sim = torch.bmm(g, g.transpose(1, 2))                      # L × B × B
+    b = labels.shape[0]
+    upper = torch.triu(torch.ones(b, b, dtype=torch.bool, device=labels.device), diagonal=1)
+    same = labels[:, None] == labels[None, :]
+    pos, neg = same & upper, ~same & upper
+    zero = sim.new_zeros(())
+    coh = (1 - sim[:, pos].mean(dim=1)).mean() if pos.any() else zero
+    coup = sim[:, neg].mean(dim=1).mean() if neg.any() else zero
+    return coh, coup
+
+
+def mwt_loss(alpha: float = 0.5, beta: float = 1.5):
+    """The extra loss for :func:`modtools.train.fit`: ``α·cohesion + β·coupling``, with logged terms."""
+
+    def extra(model: GatedModel, x, y, logits):
+        gates = [model.gates.last[layer.name] for layer in model.layers]
+        coh, coup = cohesion_coupling_loss(gates, y)
+        with torch.no_grad():
+            rate = torch.stack([(g > 0).float().mean() for g in gates]).mean()
+        return alpha * coh + beta * coup, {"cohesion_loss": float(coh.detach()), "coupling_loss": float(coup.detach()),
+                                           "kernel_rate": float(rate)}
+    return extra
+
+
+def train_mwt(cfg: MwTConfig, cache=None, device: str = "auto", progress: bool = True,
+              data: SpecData | None = None) -> tuple[GatedModel, dict]:
+    """Train (or load from the cache) the modular model of ``cfg``."""
+    return train_cached(cfg.spec(modular=True), cache=cache, device=device, progress=progress, data=data,
+                        build=build_gated, extra_loss=mwt_loss(cfg.alpha, cfg.beta))
+
+
+def train_standard(cfg: MwTConfig, cache=None, device: str = "auto", progress: bool = True,
+                   data: SpecData | None = None) -> tuple[nn.Module, dict]:
+    """Train (or load) the same architecture the standard way, same data, recipe and budget."""
+    return train_cached(cfg.spec(modular=False), cache=cache, device=device, progress=progress, data=data)
+
+
+# --------------------------------------------------------------------------------------------
+# Modularization
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class GateStats:
+    """Binarised gates of a data set: ``on`` (N × K, bool), labels, per-class on-frequencies."""
+
+    on: torch.Tensor
+    labels: torch.Tensor
+    freq: torch.Tensor                 # num_classes × K
+    slices: dict[str, tuple[int, int]]
+    class_names: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def num_kernels(self) -> int:
+        return self.on.shape[1]
+
+
+@torch.no_grad()
+def collect_gates(model: GatedModel, ds: D.ImageDataset, batch_size: int = 256, device: str = "auto") -> GateStats:
+    """Run ``model`` (eval, no augmentation, fixed order) over ``ds`` once; keep the binary gates."""
+    t0 = time.perf_counter()
+    dev = resolve_device(device)
+    model.eval().to(dev)
+    widths = model.widths()
+    slices, start = {}, 0
+    for name, w in widths.items():
+        slices[name] = (start, start + w)
+        start += w
+    on = torch.zeros(len(ds), start, dtype=torch.bool)
+    sums = torch.zeros(ds.num_classes, start, dtype=torch.float64)
+    pos = 0
+    for x, y in D.TensorLoader(ds, batch_size):
+        model(x.to(dev))
+        b = torch.cat([model.gates.last[name] > 0 for name in widths], dim=1).cpu()
+        on[pos:pos + len(y)] = b
+        sums.index_add_(0, y, b.double())
+        pos += len(y)
+    counts = torch.bincount(ds.labels, minlength=ds.num_classes).double().clamp(min=1)
+    return GateStats(on, ds.labels.clone(), (sums / counts[:, None]).float(), slices, list(ds.class_names),
+                     time.perf_counter() - t0)
+
+
+def module_masks(stats: GateStats, threshold: float = 0.9, on_empty: str = "lower") -> tuple[torch.Tensor, list[dict]]:
+    """Per-class kernel masks by the frequency rule: ``u[c, k] = freq[c, k] >= θ``.
+
+    A layer left with no kernel for a class is handled by ``on_empty``: ``"lower"`` lowers θ for
+    that layer in 0.05 steps until a kernel passes (MwT's rule), ``"top1"`` keeps its most frequent
+    kernel, ``"raise"`` raises :class:`EmptyMaskError`. Every such decision is returned.
+    """
+    if on_empty not in ON_EMPTY:
+        raise ValueError(f"on_empty={on_empty!r} is not allowed; use one of {ON_EMPTY}")
+    u = stats.freq >= threshold
+    decisions = []
+    for name, (a, b) in stats.slices.items():
+        empty = torch.nonzero(~u[:, a:b].any(dim=1)).flatten().tolist()
+        for c in empty:
+            f = stats.freq[c, a:b]
+            if on_empty == "raise":
+                raise EmptyMaskError(f"layer {name} keeps no kernel for class {c} at threshold {threshold} "
+                                     f"(highest frequency {float(f.max()):.3f}); on_empty options: {ON_EMPTY}")
+            if on_empty == "top1":
+                u[c, a + int(f.argmax())] = True
+                decisions.append({"class": c, "layer": name, "policy": "top1", "threshold": threshold})
+                continue
+            t = threshold
+            while not (f >= t).any():
+                t = round(t - 0.05, 10)
+                if t <= 0:
+                    raise EmptyMaskError(f"layer {name} keeps no kernel for class {c} at any threshold")
+            u[c, a:b] = f >= t
+            decisions.append({"class": c, "layer": name, "policy": "lower", "threshold": t})
+    return u, decisions
+
+
+def masks_by_layer(u: torch.Tensor, stats: GateStats) -> dict[str, torch.Tensor]:
+    """One class's (or a union's) flat mask split into ``{layer: (C,)}`` float masks."""
+    return {name: u[a:b].float() for name, (a, b) in stats.slices.items()}
+
+
+def krr(u: torch.Tensor) -> float:
+    """Kernel retention rate: mean over modules of kept / gated kernels."""
+    return float(u.float().mean())
+
+
+def pairwise_jaccard(x: torch.Tensor) -> torch.Tensor:
+    """Jaccard index of every pair of rows of a binary matrix (one GEMM); empty-vs-empty counts as 1."""
+    xf = x.float()
+    inter = xf @ xf.T
+    sizes = xf.sum(1)
+    union = sizes[:, None] + sizes[None, :] - inter
+    return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(inter))
+
+
+def cohesion(stats: GateStats, u: torch.Tensor, max_samples: int | None = None) -> float:
+    """Mean over classes of the mean Jaccard of distinct pairs of ``b_i ∧ u_c`` within class c."""
+    values = []
+    for c in range(u.shape[0]):
+        b = stats.on[stats.labels == c]
+        if max_samples is not None and len(b) > max_samples:
+            b = b[:max_samples]
+        n = len(b)
+        if n < 2:
+            continue
+        j = pairwise_jaccard(b & u[c])
+        values.append(float((j.sum() - j.diagonal().sum()) / (n * (n - 1))))
+    return sum(values) / len(values) if values else float("nan")
+
+
+def coupling(u: torch.Tensor) -> float:
+    """Mean Jaccard of the module masks over pairs of distinct classes."""
+    n = u.shape[0]
+    j = pairwise_jaccard(u)
+    return float((j.sum() - j.diagonal().sum()) / (n * (n - 1)))
+
+
+def retention_by_layer(u: torch.Tensor, stats: GateStats) -> dict[str, list[float]]:
+    """Per layer, per class: the fraction of the layer's kernels in the class's module."""
+    return {name: u[:, a:b].float().mean(1).tolist() for name, (a, b) in stats.slices.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# Sub-task modules
+# --------------------------------------------------------------------------------------------
+
+def subtask_module(model: GatedModel, stats: GateStats, u: torch.Tensor, classes: Sequence[int],
+                   data: SpecData, cfg: MwTConfig, decisions: list[dict] | None = None,
+                   device: str = "auto", progress: bool = False) -> tuple[Module, dict]:
+    """The module for target classes: union of their kernels, extracted, new head, fine-tuned.
+
+    Fine-tuning selects the epoch on the validation split. Returns the module and a report with
+    the accuracy before and after fine-tuning (validation and test) and the fine-tuning history.
+    """
+    classes = check_classes(classes, u.shape[0], data.train.name, what="target classes")
+    union = u[classes].any(dim=0)
+    masks = masks_by_layer(union, stats)
+    task = {"dataset": data.train.name, "classes": classes, "class_names": [data.train.class_names[c] for c in classes]}
+    n_out = data.train.num_classes
+    head = {"type": "linear", "in": n_out, "out": len(classes), "relu": True}
+    config = {**asdict(cfg), "target_classes": classes}
+    decisions = [d for d in (decisions or []) if d["class"] in classes]
+    module = Module.create(model.plain_backbone(), masks, task, head, approach="mwt", config=config,
+                           input_shape=data.train.shape, dataset=data.train.name,
+                           lineage=[{"step": "modular training", "spec": cfg.spec(True).key()},
+                                    {"step": "threshold", "threshold": cfg.threshold, "on_empty": cfg.on_empty,
+                                     "empty_layer_decisions": decisions}])
+    train_t, val_t, test_t = (D.subset_task(data.train, classes, "train"), D.subset_task(data.val, classes, "validation"),
+                              D.subset_task(data.test, classes, "test"))
+    net = module.as_model()
+    acc = lambda ds: float((predict(net, ds, device=device).argmax(1) == ds.labels).float().mean())  # noqa: E731
+    report = {"classes": classes, "krr": float(union.float().mean()),
+              "accuracy_before_finetune": acc(test_t), "val_accuracy_before_finetune": acc(val_t)}
+    ft = FitConfig(epochs=cfg.finetune_epochs, batch_size=cfg.batch_size, lr=cfg.finetune_lr, momentum=0.9,
+                   nesterov=True, weight_decay=cfg.weight_decay, augment=cfg.augment, select_best=True, seed=cfg.seed)
+    if cfg.finetune_epochs > 0:
+        t0 = time.perf_counter()
+        report["finetune_history"] = fit(net, train_t, val_t, ft, device=device, progress=progress)
+        report["finetune_seconds"] = time.perf_counter() - t0
+    net.cpu().eval()
+    report["accuracy"] = acc(test_t)
+    report["val_accuracy"] = acc(val_t)
+    module.metrics = {"accuracy": report["accuracy"], "val_accuracy": report["val_accuracy"],
+                      "accuracy_before_finetune": report["accuracy_before_finetune"], "krr": report["krr"]}
+    return module, report
+
+
+def restricted_accuracy(model: nn.Module, test: D.ImageDataset, classes: Sequence[int], device: str = "auto") -> float:
+    """Accuracy of a full model on a sub-task: argmax over the target classes' logits only."""
+    task = D.subset_task(test, classes, "test")
+    logits = predict(model, task, device=device)[:, list(classes)]
+    return float((logits.argmax(1) == task.labels).float().mean())

@@ -1,0 +1,139 @@
+"""MwT: gates, losses, modularization metrics, sub-task modules, policies, determinism."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from modtools import mwt as W
+from modtools import train as T
+from modtools.errors import EmptyMaskError, InvalidClassError
+from modtools.extract import extract, extraction_error
+from modtools.masks import random_masks
+
+from conftest import tiny_model
+
+
+def _cfg(**kw):
+    base = dict(arch="resnet20", width=0.25, dataset="synthetic", epochs=2, batch_size=16, augment=False,
+                finetune_epochs=1, threshold=0.5)
+    base.update(kw)
+    return W.MwTConfig(**base)
+
+
+def test_gates_shapes_and_open_start():
+    model = W.GatedModel(tiny_model("vgg16"))
+    assert len(model.layers) == 12  # every conv but the first
+    x = torch.rand(4, 3, 32, 32)
+    model(x)
+    for layer in model.layers:
+        g = model.gates.last[layer.name]
+        assert g.shape == (4, layer.out_channels) and (g >= 0).all() and (g < 1).all()
+    gate = model.gates.nets[model.layers[0].name.replace(".", "__")]
+    assert torch.equal(gate.fc2.bias, torch.ones_like(gate.fc2.bias)) and gate.fc1.bias is None
+    opened = torch.cat([(model.gates.last[layer.name] > 0).float().flatten() for layer in model.layers]).mean()
+    assert opened > 0.8
+    assert W.gate_hidden_width(64) == 64 and W.gate_hidden_width(128) == 64 and W.gate_hidden_width(512) == 256
+
+
+def test_gated_resnet_gates_downsample_and_keeps_stem():
+    model = W.GatedModel(tiny_model("resnet20"))
+    names = [layer.name for layer in model.layers]
+    assert "conv1" not in names and any(n.endswith("downsample.0") for n in names) and len(names) == 20
+
+
+def test_losses_by_hand():
+    g1 = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    g2 = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0], [1.0, 1.0, 0.0]])
+    y = torch.tensor([0, 0, 1])
+    coh, coup = W.cohesion_coupling_loss([g1, g2], y)
+    r = 1 / math.sqrt(2)
+    assert float(coh) == pytest.approx((0 + (1 - r)) / 2, abs=1e-6)
+    assert float(coup) == pytest.approx((0 + (1 + r) / 2) / 2, abs=1e-6)
+    coh, coup = W.cohesion_coupling_loss([g1], torch.tensor([0, 1, 2]))  # no same-class pair
+    assert float(coh) == 0.0 and not torch.isnan(coup)
+    zero = torch.zeros(3, 2)  # an all-zero gate row stays zero, no NaN
+    coh, coup = W.cohesion_coupling_loss([zero], y)
+    assert float(coh) == 1.0 and float(coup) == 0.0
+
+
+def test_jaccard_gemm_matches_circular_shift_reference():
+    torch.manual_seed(0)
+    b = torch.rand(9, 40) > 0.5
+    n = len(b)
+    ref = []
+    for s in range(1, n):
+        other = b.roll(-s, 0)
+        inter = (b & other).sum(1).float()
+        union = (b | other).sum(1).float()
+        ref.append((inter / union).mean())
+    j = W.pairwise_jaccard(b)
+    assert float((j.sum() - j.diagonal().sum()) / (n * (n - 1))) == pytest.approx(float(torch.stack(ref).mean()), abs=1e-6)
+
+
+def _stats(on, labels, slices):
+    labels = torch.as_tensor(labels)
+    freq = torch.stack([on[labels == c].float().mean(0) for c in range(int(labels.max()) + 1)])
+    return W.GateStats(on, labels, freq, slices)
+
+
+def test_cohesion_coupling_krr_properties():
+    on = torch.tensor([[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 1], [0, 0, 1, 1]], dtype=torch.bool)
+    stats = _stats(on, [0, 0, 1, 1], {"a": (0, 2), "b": (2, 4)})
+    u, _ = W.module_masks(stats, 0.9, on_empty="top1")
+    assert W.cohesion(stats, u) == 1.0            # identical vectors within each class
+    disjoint = torch.tensor([[1, 1, 0, 0], [0, 0, 1, 1]], dtype=torch.bool)
+    assert W.coupling(disjoint) == 0.0
+    torch.manual_seed(1)
+    rnd = _stats(torch.rand(60, 30) > 0.4, torch.arange(60) % 3, {"a": (0, 10), "b": (10, 30)})
+    rates = [W.krr(W.module_masks(rnd, t, "top1")[0]) for t in (0.1, 0.3, 0.5, 0.7, 0.9)]
+    assert all(a >= b for a, b in zip(rates, rates[1:])) and all(0 < r <= 1 for r in rates)
+
+
+def test_empty_layer_policies():
+    on = torch.tensor([[1, 0, 1, 0], [0, 1, 1, 0], [1, 0, 1, 0]], dtype=torch.bool)
+    stats = _stats(on, [0, 0, 0], {"a": (0, 2), "b": (2, 4)})
+    with pytest.raises(EmptyMaskError, match="layer a keeps no kernel for class 0"):
+        W.module_masks(stats, 0.9, "raise")
+    u, dec = W.module_masks(stats, 0.9, "top1")
+    assert u[0, :2].tolist() == [True, False] and dec == [{"class": 0, "layer": "a", "policy": "top1", "threshold": 0.9}]
+    u, dec = W.module_masks(stats, 0.9, "lower")
+    assert dec[0]["policy"] == "lower" and dec[0]["threshold"] == pytest.approx(0.65)
+    assert u[0, :2].tolist() == [True, False]
+    with pytest.raises(ValueError, match="on_empty"):
+        W.module_masks(stats, 0.9, "silently")
+
+
+@pytest.mark.parametrize("arch", ["vgg16", "resnet18", "rescnn"])
+def test_extracted_subtask_module_equals_constant_gates(arch):
+    gated = W.GatedModel(tiny_model(arch))
+    backbone = gated.plain_backbone()
+    masks = random_masks(gated.layers, 0.4, seed=3)
+    first = gated.layers[2].name
+    masks[first] = torch.zeros_like(masks[first])
+    masks[first][0] = 1                                   # a layer that keeps a single kernel
+    small, _ = extract(backbone, masks)
+    assert extraction_error(backbone, masks, small, torch.rand(3, 3, 32, 32)) <= 1e-5
+
+
+def test_short_run_is_deterministic_and_modules_work(tmp_path):
+    cfg = _cfg()
+    data = T.spec_data(cfg.spec(True))
+    m1, r1 = W.train_mwt(cfg, cache=tmp_path / "a", data=data, device="cpu", progress=False)
+    m2, _ = W.train_mwt(cfg, cache=tmp_path / "b", data=data, device="cpu", progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m2.state_dict().values()))
+    hist = r1["history"][-1]
+    assert {"cohesion_loss", "coupling_loss", "kernel_rate"} <= set(hist)
+    s1, s2 = W.collect_gates(m1, data.train), W.collect_gates(m2, data.train)
+    assert torch.equal(s1.on, s2.on)
+    u, decisions = W.module_masks(s1, cfg.threshold, cfg.on_empty)
+    module, report = W.subtask_module(m1, s1, u, [0, 2], data, cfg, decisions, device="cpu")
+    assert module(torch.rand(2, 1, 16, 16)).shape == (2, 2)
+    assert 0 <= report["accuracy"] <= 1 and report["krr"] == pytest.approx(float(u[[0, 2]].any(0).float().mean()))
+    card = module.card()
+    assert card["approach"] == "mwt" and card["lineage"][1]["on_empty"] == cfg.on_empty
+    with pytest.raises(InvalidClassError, match="out of range"):
+        W.subtask_module(m1, s1, u, [0, 7], data, cfg)
+    with pytest.raises(InvalidClassError, match="twice"):
+        W.subtask_module(m1, s1, u, [1, 1], data, cfg)
