@@ -1,5 +1,9 @@
 """Benchmarks (``make bench`` / ``python -m modtools.bench``): results go to ``runs/bench/``.
 
+``mwt``: seconds per training step of MwT's modular model against the standard model (same
+architecture, batch and threads; target ratio ≤ 1.10), the time and memory to collect the gates of
+a whole training set, and the cohesion computation for 2,000 samples of one class.
+
 ``extract``: for each zoo architecture and random kernel masks keeping 25/50/75 % of each layer,
 the MAC ratio, parameter ratio, measured CPU latency ratio at batch 64 and batch 1 (extracted /
 full), and the max |masked − extracted| output difference. Target: at batch 64 the latency ratio
@@ -12,6 +16,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn as nn
 
 from .extract import extract, extraction_error
 from .io import atomic_write_json
@@ -59,6 +64,66 @@ def bench_extract(archs=ZOO, fractions=(0.25, 0.5, 0.75), width: float = 1.0, im
             "share_meeting_target": sum(r["meets_target"] for r in rows) / len(rows)}
 
 
+def _step_seconds(runs: list[tuple[nn.Module, object]], x, y, steps: int) -> list[float]:
+    """Median seconds of a training step for each ``(model, extra_loss)``, steps interleaved so
+    that drifts of the machine's speed affect every model alike."""
+    import statistics
+
+    import torch.nn.functional as F
+
+    opts = [torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9, nesterov=True) for m, _ in runs]
+    times: list[list[float]] = [[] for _ in runs]
+    for i in range(steps + 2):
+        for k, ((model, extra), opt) in enumerate(zip(runs, opts)):
+            model.train()
+            t0 = time.perf_counter()
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
+            if extra is not None:
+                loss = loss + extra(model, x, y, logits)[0]
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if i >= 2:
+                times[k].append(time.perf_counter() - t0)
+    return [statistics.median(t) for t in times]
+
+
+def bench_mwt(arch: str = "resnet20", width: float = 1.0, batch_size: int = 128, steps: int = 10,
+              image_size: int = 32, train_size: int = 10_000, cohesion_samples: int = 2_000, seed: int = 0) -> dict:
+    """Measure MwT's training-step overhead, gate collection and cohesion cost (see the module docstring)."""
+    import resource
+
+    from . import data as D
+    from . import mwt as W
+
+    torch.manual_seed(seed)
+    x = torch.rand(batch_size, 3, image_size, image_size)
+    y = torch.randint(0, 10, (batch_size,))
+    standard = build_model(arch, num_classes=10, width=width)
+    torch.manual_seed(seed)
+    gated = W.GatedModel(build_model(arch, num_classes=10, width=width), image_size)
+    std_s, mod_s = _step_seconds([(standard, None), (gated, W.mwt_loss())], x, y, steps)
+    ds = D.synthetic(10, train_size // 10, image_size, 3, seed=seed)
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    stats = W.collect_gates(gated, ds, batch_size=256, device="cpu")
+    rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    u, _ = W.module_masks(stats, 0.9, "top1")
+    on = (torch.rand(cohesion_samples, stats.num_kernels) > 0.5)
+    one_class = W.GateStats(on, torch.zeros(cohesion_samples, dtype=torch.long),
+                            on.float().mean(0, keepdim=True), stats.slices)
+    t0 = time.perf_counter()
+    W.cohesion(one_class, torch.ones(1, stats.num_kernels, dtype=torch.bool))
+    cohesion_s = time.perf_counter() - t0
+    return {"benchmark": "mwt", "arch": arch, "width": width, "batch_size": batch_size,
+            "threads": torch.get_num_threads(), "step_seconds_standard": std_s, "step_seconds_modular": mod_s,
+            "step_ratio": mod_s / std_s, "target_step_ratio": 1.10, "meets_target": mod_s / std_s <= 1.10,
+            "gated_kernels": stats.num_kernels, "modularization_samples": train_size,
+            "modularization_seconds": stats.seconds, "gate_store_bytes": stats.on.numel(),
+            "peak_rss_increase_bytes": max(0, rss1 - rss0) * 1024, "cohesion_samples": cohesion_samples,
+            "cohesion_seconds": cohesion_s, "krr_at_0.9": W.krr(u)}
+
+
 def plot_extract(results: dict):
     import matplotlib.pyplot as plt
 
@@ -82,13 +147,24 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--archs", nargs="*", default=ZOO)
     parser.add_argument("--align", type=int, default=8, help="extract with widths aligned to this multiple")
+    parser.add_argument("--only", choices=("extract", "mwt"), default=None, help="run one benchmark")
+    parser.add_argument("--mwt-arch", default="resnet20", help="architecture of the MwT benchmark")
+    parser.add_argument("--mwt-steps", type=int, default=10, help="timed training steps per model")
+    parser.add_argument("--mwt-train-size", type=int, default=10_000, help="samples whose gates are collected")
     args = parser.parse_args(argv)
     out = Path(args.out)
-    results = bench_extract(args.archs, width=args.width, repeats=args.repeats, align=args.align)
-    atomic_write_json(out / "extract.json", results)
-    from .plots import save_figure
-    save_figure(plot_extract(results), out, "bench", "extract")
-    print(f"wrote {out / 'extract.json'}; {results['share_meeting_target']:.0%} of rows meet the latency target")
+    if args.only in (None, "extract"):
+        results = bench_extract(args.archs, width=args.width, repeats=args.repeats, align=args.align)
+        atomic_write_json(out / "extract.json", results)
+        from .plots import save_figure
+        save_figure(plot_extract(results), out, "bench", "extract")
+        print(f"wrote {out / 'extract.json'}; {results['share_meeting_target']:.0%} of rows meet the latency target")
+    if args.only in (None, "mwt"):
+        results = bench_mwt(args.mwt_arch, steps=args.mwt_steps, train_size=args.mwt_train_size)
+        atomic_write_json(out / "mwt.json", results)
+        print(f"wrote {out / 'mwt.json'}: step ratio {results['step_ratio']:.2f} (target <= 1.10), "
+              f"gates of {results['modularization_samples']} samples in {results['modularization_seconds']:.1f} s, "
+              f"cohesion of {results['cohesion_samples']} samples in {results['cohesion_seconds']:.2f} s")
     return 0
 
 

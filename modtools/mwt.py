@@ -325,10 +325,12 @@ def retention_by_layer(u: torch.Tensor, stats: GateStats) -> dict[str, list[floa
 
 def subtask_module(model: GatedModel, stats: GateStats, u: torch.Tensor, classes: Sequence[int],
                    data: SpecData, cfg: MwTConfig, decisions: list[dict] | None = None,
-                   device: str = "auto", progress: bool = False) -> tuple[Module, dict]:
+                   device: str = "auto", progress: bool = False, align: int = 8) -> tuple[Module, dict]:
     """The module for target classes: union of their kernels, extracted, new head, fine-tuned.
 
-    Fine-tuning selects the epoch on the validation split. Returns the module and a report with
+    Extracted widths are rounded up to a multiple of ``align`` with zeroed channels (faster
+    kernels; recorded in the card). Fine-tuning selects the epoch on the validation split.
+    Returns the module and a report with
     the accuracy before and after fine-tuning (validation and test) and the fine-tuning history.
     """
     classes = check_classes(classes, u.shape[0], data.train.name, what="target classes")
@@ -340,7 +342,7 @@ def subtask_module(model: GatedModel, stats: GateStats, u: torch.Tensor, classes
     config = {**asdict(cfg), "target_classes": classes}
     decisions = [d for d in (decisions or []) if d["class"] in classes]
     module = Module.create(model.plain_backbone(), masks, task, head, approach="mwt", config=config,
-                           input_shape=data.train.shape, dataset=data.train.name,
+                           input_shape=data.train.shape, dataset=data.train.name, align=align,
                            lineage=[{"step": "modular training", "spec": cfg.spec(True).key()},
                                     {"step": "threshold", "threshold": cfg.threshold, "on_empty": cfg.on_empty,
                                      "empty_layer_decisions": decisions}])

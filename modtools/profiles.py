@@ -26,6 +26,23 @@ PROFILE_VALUES: dict[str, dict[str, dict]] = {
     },
 }
 
+_MWT_SMOKE = {**_SMOKE_DATA, "arch": "resnet20", "width": 0.25, "epochs": 1, "batch_size": 16, "augment": False}
+_MWT_PAPER = {"dataset": "cifar10", "arch": "resnet18", "width": 1.0, "per_class": None, "test_per_class": None,
+              "epochs": 200, "batch_size": 128, "augment": True}
+PROFILE_VALUES.update({
+    "40_mwt_modular_training": {"smoke": _MWT_SMOKE, "quick": {}, "paper": _MWT_PAPER},
+    "41_mwt_threshold_sweep": {
+        "smoke": {**_MWT_SMOKE, "thresholds": [0.3, 0.9], "finetune_epochs": 1},
+        "quick": {},
+        "paper": {**_MWT_PAPER, "finetune_epochs": 10},
+    },
+    "42_mwt_subtask_reuse": {
+        "smoke": {**_MWT_SMOKE, "subtasks": [[0, 1], [1, 2, 3]], "finetune_epochs": 1, "latency_repeats": 2},
+        "quick": {},
+        "paper": {**_MWT_PAPER, "finetune_epochs": 10},
+    },
+})
+
 
 def profile_parameters(notebook: str, profile: str) -> dict:
     """The values ``profile`` sets for ``notebook`` (empty for ``quick`` and unknown notebooks)."""

@@ -7,7 +7,8 @@ from modtools import bench
 
 
 def test_bench_extract_writes_results(tmp_path):
-    assert bench.main(["--out", str(tmp_path), "--archs", "resnet20", "--repeats", "1", "--width", "0.5"]) == 0
+    assert bench.main(["--out", str(tmp_path), "--archs", "resnet20", "--repeats", "1", "--width", "0.5",
+                       "--only", "extract"]) == 0
     results = json.loads((tmp_path / "extract.json").read_text())
     rows = results["rows"]
     assert [r["keep_fraction"] for r in rows] == [0.25, 0.5, 0.75]
@@ -15,3 +16,11 @@ def test_bench_extract_writes_results(tmp_path):
         assert 0 < r["macs_ratio"] < 1 and r["max_abs_diff"] <= 1e-5
         assert {"params_ratio", "latency_ratio_b64", "latency_ratio_b1", "meets_target"} <= set(r)
     assert (tmp_path / "bench_extract.png").stat().st_size > 1000
+
+
+def test_bench_mwt_fields():
+    results = bench.bench_mwt("resnet20", width=0.25, batch_size=8, steps=1, image_size=16, train_size=40,
+                              cohesion_samples=50)
+    assert results["step_seconds_modular"] > 0 and results["step_seconds_standard"] > 0
+    assert results["gated_kernels"] > 0 and results["modularization_samples"] == 40
+    assert 0 <= results["krr_at_0.9"] <= 1 and results["cohesion_seconds"] >= 0

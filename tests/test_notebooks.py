@@ -8,7 +8,11 @@ import pytest
 from modtools import runner
 
 REQUIRED = {"00_quickstart": ["accuracy_model", "accuracy_module", "macs_ratio", "latency_ratio_b64", "sweep"],
-            "10_train_models": ["models", "per_class", "accuracy"]}
+            "10_train_models": ["models", "per_class", "accuracy"],
+            "40_mwt_modular_training": ["accuracy_modular", "accuracy_standard", "seconds_per_epoch_modular",
+                                        "seconds_per_epoch_standard"],
+            "41_mwt_threshold_sweep": ["thresholds", "krr", "cohesion", "coupling", "reuse_krr", "reuse_accuracy"],
+            "42_mwt_subtask_reuse": ["subtasks"]}
 
 
 @pytest.mark.notebook
@@ -22,6 +26,13 @@ def test_notebook_smoke(tmp_path, name, monkeypatch):
     assert results["seed"] == 0 and results["device"] in ("cpu", "cuda")
     for key in REQUIRED.get(name, []):
         assert key in results, key
+    if name == "41_mwt_threshold_sweep":
+        n = len(results["thresholds"])
+        assert all(len(results[k]) == n for k in ("krr", "cohesion", "coupling", "reuse_krr", "reuse_accuracy"))
+    if name == "42_mwt_subtask_reuse":
+        for task in results["subtasks"]:
+            assert {"classes", "krr", "macs_ratio", "accuracy_module", "accuracy_standard"} <= set(task)
+            assert 0 < task["macs_ratio"] < 1.05 and 0 <= task["accuracy_module"] <= 1  # the head adds a little
     figures = list((tmp_path / "figures").glob(f"{name}_*.png"))
     assert figures and all(f.stat().st_size > 1000 for f in figures)
     assert (tmp_path / "runs" / name / f"{name}.ipynb").is_file() and result.seconds > 0
