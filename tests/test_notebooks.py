@@ -9,6 +9,7 @@ from modtools import runner
 
 REQUIRED = {"00_quickstart": ["accuracy_model", "accuracy_module", "macs_ratio", "latency_ratio_b64", "sweep"],
             "10_train_models": ["models", "per_class", "accuracy"],
+            "30_gradsplitter_modularize": ["krr_mean", "accuracy_model", "accuracy_composed_modules", "per_module"],
             "40_mwt_modular_training": ["accuracy_modular", "accuracy_standard", "seconds_per_epoch_modular",
                                         "seconds_per_epoch_standard"],
             "41_mwt_threshold_sweep": ["thresholds", "krr", "cohesion", "coupling", "reuse_krr", "reuse_accuracy"],
@@ -56,3 +57,15 @@ def test_notebooks_match_their_percent_sources():
         tagged = [c for c in b.cells if "parameters" in c.metadata.get("tags", [])]
         assert len(tagged) == 1, name
         assert all(not c.get("outputs") for c in b.cells if c.cell_type == "code"), f"{name} has outputs"
+
+
+def test_every_parameter_line_is_understood_by_papermill():
+    import re
+
+    import jupytext
+
+    for name in runner.list_notebooks():
+        nb = jupytext.read(runner.notebooks_dir() / f"{name}.ipynb")
+        cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+        declared = re.findall(r"^([A-Za-z_]\w*)\s*=", cell.source, re.M)
+        assert list(runner.notebook_parameters(name)) == declared, name

@@ -1,0 +1,355 @@
+"""GradSplitter (Qi et al., TOSEM): decompose a trained N-class CNN into N per-class modules by
+gradient descent on kernel masks, on the shared mask machinery.
+
+Every module i owns one real-valued score per kernel of every maskable layer. The forward uses
+the hard step ``1[score > 0]``; the backward is straight-through with the gradient clipped to
+[-1, 1] (:func:`~modtools.masks.binarize_ste`). The CNN is frozen (BN in eval mode). Module i's
+head turns the N logits into one score ``sigmoid(Linear(ReLU(Linear(ReLU(logits)))))``; the N
+scores are trained jointly with cross-entropy over the scores plus ``α`` times the mean kept-kernel
+rate in mask epochs. Epochs alternate between head-only and mask+head phases.
+
+What the toolkit does differently from the original code, all of it recorded in the config:
+
+* all N modules run in **one batched pass** (:func:`~modtools.masks.batched_forward`), in chunks of
+  ``chunk`` modules when memory asks for it;
+* head phases do not backpropagate through the CNN: the masks are fixed within a head phase, so the
+  modules' logits are computed once per phase and the heads are trained on them;
+* the phase sequence works for any number of epochs (the original crashes when the cycle part is not
+  a multiple of 7);
+* the epoch is **selected automatically** on a validation split: the fewest kernels among epochs
+  whose composed validation accuracy is within ``select_tolerance`` of the model's, else the most
+  accurate one;
+* coupled channels (residual streams, concatenations) need no shared masks: extraction keeps the
+  union of what coupled layers keep and zeroes the rest (the rule in :mod:`modtools.extract`), so
+  every module's extracted network computes exactly its masked forward.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import data as D
+from .errors import check_classes
+from .masks import MaskableLayer, batched_forward, binarize_ste, find_maskable_layers
+from .metrics import classification_report
+from .module import Module
+from .train import resolve_device, seed_everything
+
+PHASES = ("head", "mask")
+INITS = ("ones", "value", "normal")
+
+
+@dataclass
+class GradSplitterConfig:
+    """GradSplitter's settings; defaults are the published ones (``schedule="paper"``)."""
+
+    lr_head: float = 0.01          # Adam lr of the first head phase (later head phases use lr_head_later)
+    lr_head_later: float = 0.001   # 0.1 × lr_head in the original
+    lr_mask: float = 0.001         # Adam lr of masks and heads in mask phases
+    alpha: float = 0.1             # weight of the mean kept-kernel rate in mask phases
+    batch_size: int = 64
+    first_head_epochs: int = 5
+    cycle_epochs: int = 140        # epochs after the first head phase, in cycles of ...
+    cycle_mask: int = 5            # ... this many mask epochs then ...
+    cycle_head: int = 2            # ... this many head epochs
+    init: str = "ones"             # ones | value (all scores = init_value) | normal (N(0, 1))
+    init_value: float = 1.0
+    head_hidden: int = 10
+    chunk: int | None = None       # modules per batched pass (None: all N at once)
+    cache_head_features: bool = True
+    select_tolerance: float = 0.01
+    seed: int = 1
+    schedule: str = "paper"        # a label for the settings above
+
+    def __post_init__(self) -> None:
+        if self.init not in INITS:
+            raise ValueError(f"init={self.init!r} is not allowed; use one of {INITS}")
+        for name in ("first_head_epochs", "cycle_epochs", "cycle_mask", "cycle_head"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.cycle_mask + self.cycle_head == 0 and self.cycle_epochs > 0:
+            raise ValueError("cycle_mask + cycle_head must be positive when cycle_epochs > 0")
+
+
+def phase_sequence(cfg: GradSplitterConfig) -> list[str]:
+    """The phase of every epoch: ``first_head_epochs`` × head, then cycles of mask/head epochs,
+    the last cycle cut short when ``cycle_epochs`` is not a multiple of the cycle length."""
+    cycle = ["mask"] * cfg.cycle_mask + ["head"] * cfg.cycle_head
+    rest = [cycle[i % len(cycle)] for i in range(cfg.cycle_epochs)] if cycle else []
+    return ["head"] * cfg.first_head_epochs + rest
+
+
+class ModuleHeads(nn.Module):
+    """N detector heads applied in one batched operation: logits ``(N, B, C)`` → scores ``(B, N)``."""
+
+    def __init__(self, n_modules: int, n_logits: int, hidden: int = 10):
+        super().__init__()
+        layers1 = [nn.Linear(n_logits, hidden) for _ in range(n_modules)]  # PyTorch's default init
+        layers2 = [nn.Linear(hidden, 1) for _ in range(n_modules)]
+        self.w1 = nn.Parameter(torch.stack([m.weight.data for m in layers1]))   # N × h × C
+        self.b1 = nn.Parameter(torch.stack([m.bias.data for m in layers1]))     # N × h
+        self.w2 = nn.Parameter(torch.stack([m.weight.data for m in layers2]))   # N × 1 × h
+        self.b2 = nn.Parameter(torch.stack([m.bias.data for m in layers2]))     # N × 1
+
+    def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(torch.baddbmm(self.b1[:, None, :], torch.relu(logits), self.w1.transpose(1, 2)))
+        s = torch.baddbmm(self.b2[:, None, :], h, self.w2.transpose(1, 2))     # N × B × 1
+        return torch.sigmoid(s.squeeze(-1)).T                                   # B × N
+
+    def head_state(self, i: int) -> dict[str, torch.Tensor]:
+        """Module i's head as a :class:`~modtools.heads.DetectorHead` state dict."""
+        return {"fc1.weight": self.w1[i].detach().clone(), "fc1.bias": self.b1[i].detach().clone(),
+                "fc2.weight": self.w2[i].detach().clone(), "fc2.bias": self.b2[i].detach().clone()}
+
+
+@dataclass
+class SplitResult:
+    """The outcome of a search: the selected masks and heads, the history, the selection."""
+
+    masks: dict[str, torch.Tensor]           # layer → (N, C) bool
+    heads: dict[str, torch.Tensor]           # ModuleHeads state dict
+    history: list[dict]
+    selected_epoch: int
+    model_val_accuracy: float
+    config: dict
+    layers: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def module_masks(self, i: int) -> dict[str, torch.Tensor]:
+        return {k: v[i].float() for k, v in self.masks.items()}
+
+    def krr_per_module(self) -> list[float]:
+        kept = sum(v.sum(1).float() for v in self.masks.values())
+        total = sum(v.shape[1] for v in self.masks.values())
+        return (kept / total).tolist()
+
+
+class GradSplitter:
+    """The search state: frozen model, mask scores ``{layer: (N, C)}``, batched heads."""
+
+    def __init__(self, model: nn.Module, num_classes: int, cfg: GradSplitterConfig, input_shape: Sequence[int],
+                 device: str = "auto"):
+        self.cfg, self.device = cfg, resolve_device(device)
+        self.model = model.eval().to(self.device)
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        seed_everything(cfg.seed)
+        example = torch.zeros(1, *input_shape, device=self.device)
+        self.layers: list[MaskableLayer] = find_maskable_layers(self.model, example)
+        self.n = num_classes
+        self.scores = {layer.name: nn.Parameter(self._init((self.n, layer.out_channels))) for layer in self.layers}
+        self.heads = ModuleHeads(self.n, num_classes, cfg.head_hidden).to(self.device)
+
+    def _init(self, shape) -> torch.Tensor:
+        if self.cfg.init == "normal":
+            return torch.randn(shape, device=self.device)
+        value = 1.0 if self.cfg.init == "ones" else self.cfg.init_value
+        return torch.full(shape, float(value), device=self.device)
+
+    def binary_masks(self) -> dict[str, torch.Tensor]:
+        return {k: (v.detach() > 0) for k, v in self.scores.items()}
+
+    def kept_rate(self) -> torch.Tensor:
+        """Mean of the binarised masks over modules and kernels (differentiable through the STE)."""
+        kept = sum(binarize_ste(v).sum() for v in self.scores.values())
+        return kept / (self.n * sum(v.shape[1] for v in self.scores.values()))
+
+    def module_logits(self, x: torch.Tensor, masks: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Logits of every module on ``x``: ``(N, B, C)``, in chunks of ``cfg.chunk`` modules."""
+        chunk = self.cfg.chunk or self.n
+        parts = []
+        for a in range(0, self.n, chunk):
+            sub = {k: v[a:a + chunk] for k, v in masks.items()}
+            parts.append(batched_forward(self.model, x, sub, self.layers, binary=False))
+        return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+    @torch.no_grad()
+    def all_logits(self, ds: D.ImageDataset, batch_size: int = 256) -> torch.Tensor:
+        """Module logits for a whole data set under the current binary masks: ``(N, len(ds), C)``."""
+        masks = {k: v.float() for k, v in self.binary_masks().items()}
+        outs = [self.module_logits(x.to(self.device), masks).cpu() for x, _ in D.TensorLoader(ds, batch_size)]
+        return torch.cat(outs, dim=1)
+
+    @torch.no_grad()
+    def composed_scores(self, ds: D.ImageDataset) -> torch.Tensor:
+        """Module scores ``(len(ds), N)`` under the current masks and heads."""
+        return self.heads(self.all_logits(ds).to(self.device)).cpu()
+
+    def _mask_epoch(self, loader: D.TensorLoader, opt) -> float:
+        total, seen = 0.0, 0
+        for x, y in loader:
+            x, y = x.to(self.device), y.to(self.device)
+            masks = {k: binarize_ste(v) for k, v in self.scores.items()}
+            scores = self.heads(self.module_logits(x, masks))
+            loss = F.cross_entropy(scores, y) + self.cfg.alpha * self.kept_rate()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(y)
+            seen += len(y)
+        return total / seen
+
+    def _head_epoch(self, loader: D.TensorLoader, opt, features: torch.Tensor | None) -> float:
+        total, seen = 0.0, 0
+        masks = {k: v.float() for k, v in self.binary_masks().items()}
+        for x, y in loader:
+            y = y.to(self.device)
+            if features is not None:
+                logits = features[:, loader.last_index].to(self.device)
+            else:
+                with torch.no_grad():
+                    logits = self.module_logits(x.to(self.device), masks)
+            loss = F.cross_entropy(self.heads(logits), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(y)
+            seen += len(y)
+        return total / seen
+
+    def run(self, train: D.ImageDataset, val: D.ImageDataset, progress: bool = False) -> SplitResult:
+        """Search the masks with the configured schedule and select an epoch on ``val``."""
+        cfg = self.cfg
+        t_start = time.perf_counter()
+        phases = phase_sequence(cfg)
+        model_val = float((self._model_logits(val).argmax(1) == val.labels).float().mean())
+        loader = _IndexedLoader(train, cfg.batch_size, shuffle=True, seed=cfg.seed)
+        history, snapshots = [], []
+        opt, current, head_phases_seen, features = None, None, 0, None
+        iterator = range(len(phases))
+        if progress:
+            from tqdm.auto import tqdm
+            iterator = tqdm(iterator, desc="epochs", leave=False)
+        for epoch in iterator:
+            phase = phases[epoch]
+            t0 = time.perf_counter()
+            if phase != current:
+                if phase == "mask":
+                    params = list(self.scores.values()) + list(self.heads.parameters())
+                    opt = torch.optim.Adam(params, lr=cfg.lr_mask)
+                else:
+                    lr = cfg.lr_head if head_phases_seen == 0 else cfg.lr_head_later
+                    opt = torch.optim.Adam(self.heads.parameters(), lr=lr)
+                    head_phases_seen += 1
+                    features = self.all_logits(train) if cfg.cache_head_features else None
+                current = phase
+            if phase == "mask":
+                loss = self._mask_epoch(loader, opt)
+            else:
+                loss = self._head_epoch(loader, opt, features)
+            val_scores = self.composed_scores(val)
+            row = {"epoch": epoch + 1, "phase": phase, "loss": loss,
+                   "val_accuracy": float((val_scores.argmax(1) == val.labels).float().mean()),
+                   "krr": float(self.kept_rate().detach()), "seconds": time.perf_counter() - t0}
+            history.append(row)
+            snapshots.append((self.binary_masks(), copy.deepcopy(self.heads.state_dict())))
+        selected = select_epoch(history, model_val, cfg.select_tolerance)
+        masks, heads = snapshots[selected - 1]
+        return SplitResult({k: v.cpu() for k, v in masks.items()}, {k: v.cpu() for k, v in heads.items()}, history,
+                           selected, model_val, asdict(cfg), [layer.name for layer in self.layers],
+                           time.perf_counter() - t_start)
+
+    @torch.no_grad()
+    def _model_logits(self, ds: D.ImageDataset) -> torch.Tensor:
+        return torch.cat([self.model(x.to(self.device)).cpu() for x, _ in D.TensorLoader(ds, 256)])
+
+
+class _IndexedLoader(D.TensorLoader):
+    """A :class:`~modtools.data.TensorLoader` that remembers the sample indices of its last batch
+    (so cached head-phase features can be looked up)."""
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        self.epoch += 1
+        n = len(self.ds)
+        order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
+        for i in range(len(self)):
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            self.last_index = idx
+            yield self.ds.images[idx].float().div_(255), self.ds.labels[idx]
+
+
+def select_epoch(history: list[dict], model_val_accuracy: float, tolerance: float = 0.01) -> int:
+    """The epoch (1-based) with the fewest kept kernels among those whose composed validation accuracy
+    is within ``tolerance`` of the model's; if none is, the most accurate epoch (latest on ties)."""
+    good = [h for h in history if h["val_accuracy"] >= model_val_accuracy - tolerance]
+    if good:
+        return min(good, key=lambda h: (h["krr"], -h["val_accuracy"], -h["epoch"]))["epoch"]
+    return max(history, key=lambda h: (h["val_accuracy"], h["epoch"]))["epoch"]
+
+
+def decompose(model: nn.Module, train: D.ImageDataset, val: D.ImageDataset, cfg: GradSplitterConfig | None = None,
+              device: str = "auto", progress: bool = False) -> SplitResult:
+    """Run GradSplitter on a trained model; ``train``/``val`` are over the model's classes."""
+    cfg = cfg or GradSplitterConfig()
+    splitter = GradSplitter(model, train.num_classes, cfg, train.shape, device)
+    try:
+        return splitter.run(train, val, progress)
+    finally:
+        for p in model.parameters():
+            p.requires_grad_(True)
+
+
+# --------------------------------------------------------------------------------------------
+# Modules and their evaluation
+# --------------------------------------------------------------------------------------------
+
+def module_scores(model: nn.Module, result: SplitResult, ds: D.ImageDataset, device: str = "auto",
+                  batch_size: int = 256) -> torch.Tensor:
+    """Scores ``(len(ds), N)`` of all selected modules, computed in one batched pass per batch."""
+    dev = resolve_device(device)
+    model = model.eval().to(dev)
+    layers = find_maskable_layers(model, torch.zeros(1, *ds.shape, device=dev))
+    n_modules, hidden, n_logits = result.heads["w1"].shape
+    heads = ModuleHeads(n_modules, n_logits, hidden).to(dev)
+    heads.load_state_dict(result.heads)
+    masks = {k: v.float().to(dev) for k, v in result.masks.items()}
+    outs = []
+    with torch.no_grad():
+        for x, _ in D.TensorLoader(ds, batch_size):
+            outs.append(heads(batched_forward(model, x.to(dev), masks, layers, binary=False)).cpu())
+    return torch.cat(outs)
+
+
+def evaluate_modules(model: nn.Module, result: SplitResult, val: D.ImageDataset, test: D.ImageDataset,
+                     device: str = "auto") -> dict:
+    """Per module: precision/recall/F1 as a detector of its class (score > 0.5) on ``val``, KRR;
+    on ``test``: accuracy of the model and of the N modules composed (argmax of scores)."""
+    val_scores = module_scores(model, result, val, device)
+    per_module = []
+    for c, krr in enumerate(result.krr_per_module()):
+        pred = (val_scores[:, c] > 0.5).long()
+        rep = classification_report(pred, (val.labels == c).long(), 2)
+        pos = rep["per_class"][1]
+        per_module.append({"class": c, "name": val.class_names[c], "precision": pos["precision"],
+                           "recall": pos["recall"], "f1": pos["f1"], "krr": krr})
+    test_scores = module_scores(model, result, test, device)
+    dev = resolve_device(device)
+    with torch.no_grad():
+        logits = torch.cat([model(x.to(dev)).cpu() for x, _ in D.TensorLoader(test, 256)])
+    acc_model = float((logits.argmax(1) == test.labels).float().mean())
+    acc_composed = float((test_scores.argmax(1) == test.labels).float().mean())
+    return {"per_module": per_module, "krr_mean": sum(m["krr"] for m in per_module) / len(per_module),
+            "accuracy_model": acc_model, "accuracy_composed_modules": acc_composed,
+            "accuracy_loss": acc_model - acc_composed}
+
+
+def to_module(model: nn.Module, result: SplitResult, c: int, train: D.ImageDataset, metrics: dict | None = None,
+              lineage: list | None = None) -> Module:
+    """Module ``c`` as a :class:`~modtools.module.Module`: the extracted network and its detector head."""
+    (c,) = check_classes([c], len(result.krr_per_module()), train.name, what="module class")
+    n_logits = result.heads["w1"].shape[2]
+    head = {"type": "detector", "in": n_logits, "hidden": result.heads["w1"].shape[1]}
+    state = {"fc1.weight": result.heads["w1"][c], "fc1.bias": result.heads["b1"][c],
+             "fc2.weight": result.heads["w2"][c], "fc2.bias": result.heads["b2"][c]}
+    task = {"dataset": train.name, "classes": [c], "class_names": [train.class_names[c]], "kind": "detector"}
+    config = {**result.config, "selected_epoch": result.selected_epoch}
+    return Module.create(model, result.module_masks(c), task, head, state, approach="gradsplitter", config=config,
+                         metrics=metrics or {}, lineage=lineage or [], input_shape=train.shape, dataset=train.name,
+                         on_empty="keep_one")

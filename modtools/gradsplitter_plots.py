@@ -1,0 +1,59 @@
+"""GradSplitter's figures: the search history, kept kernels per layer and module, module quality.
+
+Like :mod:`modtools.plots`, these read results dicts and never train.
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import matplotlib.pyplot as plt
+
+from .plots import PALETTE
+
+
+def search_figure(results: Mapping) -> plt.Figure:
+    """Per epoch: composed validation accuracy and mean kept-kernel rate, phases shaded, selection marked."""
+    hist = results["history"]
+    epochs = [h["epoch"] for h in hist]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for h in hist:
+        if h["phase"] == "head":
+            ax.axvspan(h["epoch"] - 0.5, h["epoch"] + 0.5, color="#eeeeee", lw=0)
+    ax.plot(epochs, [h["val_accuracy"] for h in hist], "o-", color=PALETTE["module"], label="composed modules, validation accuracy")
+    ax.plot(epochs, [h["krr"] for h in hist], "s-", color=PALETTE["muted"], label="mean kept-kernel rate")
+    ax.axhline(results["model_val_accuracy"], color=PALETTE["model"], lw=1, label="model, validation accuracy")
+    ax.axvline(results["selected_epoch"], color=PALETTE["accent"], ls=":", label=f"selected epoch {results['selected_epoch']}")
+    ax.set(xlabel="epoch (grey: head-only phases)", ylabel="value", ylim=(0, 1.05), title="mask search")
+    ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    return fig
+
+
+def kept_kernels_figure(results: Mapping) -> plt.Figure:
+    """Layers × modules heat map of the fraction of kernels each module keeps."""
+    import seaborn as sns
+
+    per_layer = results["kept_by_layer"]
+    layers = list(per_layer)
+    fig, ax = plt.subplots(figsize=(1.5 + 0.7 * len(results["class_names"]), 1.0 + 0.32 * len(layers)))
+    sns.heatmap([per_layer[name] for name in layers], vmin=0, vmax=1, cmap="viridis", ax=ax,
+                xticklabels=results["class_names"], yticklabels=layers, cbar_kws={"label": "kernels kept"})
+    ax.set_title("kept kernels per layer and module")
+    ax.set_xticklabels(ax.get_xticklabels(), rotation=45, ha="right")
+    fig.tight_layout()
+    return fig
+
+
+def module_quality_figure(results: Mapping) -> plt.Figure:
+    """Per class: the module's F1 as a detector (validation) and its kept-kernel rate."""
+    mods = results["per_module"]
+    x = range(len(mods))
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    ax.bar([i - 0.2 for i in x], [m["f1"] for m in mods], 0.4, color=PALETTE["module"], label="F1 (validation)")
+    ax.bar([i + 0.2 for i in x], [m["krr"] for m in mods], 0.4, color=PALETTE["muted"], label="kept-kernel rate")
+    ax.set_xticks(list(x), [m["name"] for m in mods], rotation=45, ha="right", fontsize=8)
+    ax.set(ylim=(0, 1.05), title=f"modules: model test accuracy {results['accuracy_model']:.1%}, "
+                                 f"composed modules {results['accuracy_composed_modules']:.1%}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

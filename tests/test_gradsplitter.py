@@ -1,0 +1,94 @@
+"""GradSplitter: schedule, batched heads, equivalence of extracted modules, selection, determinism."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from modtools import data as D
+from modtools import gradsplitter as G
+from modtools.errors import InvalidClassError
+from modtools.heads import DetectorHead
+from modtools.masks import find_maskable_layers, random_masks
+
+from conftest import ALL_ARCHS, tiny_model
+
+
+def test_phase_sequence_any_length():
+    cfg = G.GradSplitterConfig()
+    seq = G.phase_sequence(cfg)
+    assert len(seq) == 145 and seq[:5] == ["head"] * 5 and seq.count("mask") == 100
+    short = G.phase_sequence(G.GradSplitterConfig(first_head_epochs=2, cycle_epochs=10))  # not a multiple of 7
+    assert short == ["head"] * 2 + ["mask"] * 5 + ["head"] * 2 + ["mask"] * 3
+    assert G.phase_sequence(G.GradSplitterConfig(first_head_epochs=1, cycle_epochs=0)) == ["head"]
+    with pytest.raises(ValueError, match="init"):
+        G.GradSplitterConfig(init="zeros-ish")
+
+
+def test_batched_heads_match_detector_heads():
+    heads = G.ModuleHeads(3, 5, 4)
+    logits = torch.randn(3, 7, 5)
+    scores = heads(logits)
+    assert scores.shape == (7, 3)
+    for i in range(3):
+        det = DetectorHead(5, 4)
+        det.load_state_dict(heads.head_state(i))
+        torch.testing.assert_close(det(logits[i]).squeeze(1), scores[:, i])
+
+
+def _random_result(model, n, seed=0):
+    layers = find_maskable_layers(model)
+    masks = {layer.name: torch.stack([random_masks(layers, 0.5, seed=seed + i)[layer.name] for i in range(n)]).bool()
+             for layer in layers}
+    torch.manual_seed(seed)
+    heads = G.ModuleHeads(n, n, 10).state_dict()
+    return G.SplitResult(masks, heads, [], 1, 0.0, {}, [layer.name for layer in layers])
+
+
+@pytest.mark.parametrize("arch", ALL_ARCHS)
+def test_extracted_module_scores_equal_batched_masked_forward(arch):
+    model = tiny_model(arch, num_classes=5)
+    result = _random_result(model, 5)
+    ds = D.synthetic(5, 2, 32, 3, seed=0)
+    scores = G.module_scores(model, result, ds, device="cpu")
+    x = ds.float_images()
+    for c in (0, 3):
+        module = G.to_module(model, result, c, ds)
+        torch.testing.assert_close(module(x).squeeze(1), scores[:, c], atol=1e-5, rtol=1e-4)
+
+
+def test_selection_rule():
+    hist = [{"epoch": 1, "val_accuracy": 0.90, "krr": 1.0}, {"epoch": 2, "val_accuracy": 0.895, "krr": 0.4},
+            {"epoch": 3, "val_accuracy": 0.85, "krr": 0.2}, {"epoch": 4, "val_accuracy": 0.893, "krr": 0.4}]
+    assert G.select_epoch(hist, 0.90, 0.01) == 2           # fewest kernels within 1 point; ties → more accurate
+    assert G.select_epoch(hist, 0.99, 0.01) == 1           # none within tolerance → most accurate
+
+
+def test_short_search_is_seeded_and_uses_only_train_and_val(tiny_data):
+    train, test = tiny_data
+    model = tiny_model("resnet20", in_channels=1, num_classes=4)
+    cfg = G.GradSplitterConfig(first_head_epochs=1, cycle_epochs=3, cycle_mask=2, cycle_head=1, init="value",
+                               init_value=0.02, lr_mask=0.05, batch_size=32)
+    val, _ = D.train_val_split(test, 0.5, seed=0)
+    r1 = G.decompose(model, train, val, cfg, device="cpu")
+    r2 = G.decompose(model, train, val, cfg, device="cpu")
+    assert all(torch.equal(r1.masks[k], r2.masks[k]) for k in r1.masks)
+    assert [h["val_accuracy"] for h in r1.history] == [h["val_accuracy"] for h in r2.history]
+    assert [h["phase"] for h in r1.history] == ["head", "mask", "mask", "head"]
+    assert r1.history[-1]["krr"] < 1.0                     # the masks moved
+    assert all(p.requires_grad for p in model.parameters())  # the model is handed back unfrozen
+    assert 1 <= r1.selected_epoch <= 4 and r1.model_val_accuracy >= 0
+    report = G.evaluate_modules(model, r1, val, test, device="cpu")
+    assert len(report["per_module"]) == 4 and 0 <= report["krr_mean"] <= 1
+    assert report["accuracy_loss"] == pytest.approx(report["accuracy_model"] - report["accuracy_composed_modules"])
+    with pytest.raises(InvalidClassError, match="out of range"):
+        G.to_module(model, r1, 9, train)
+
+
+def test_head_feature_caching_gives_the_same_heads(tiny_data):
+    train, test = tiny_data
+    model = tiny_model("vgg16", in_channels=1, num_classes=4)
+    base = dict(first_head_epochs=2, cycle_epochs=0, batch_size=32)
+    a = G.decompose(model, train, test, G.GradSplitterConfig(cache_head_features=True, **base), device="cpu")
+    b = G.decompose(model, train, test, G.GradSplitterConfig(cache_head_features=False, **base), device="cpu")
+    for k in a.heads:
+        torch.testing.assert_close(a.heads[k], b.heads[k], atol=1e-4, rtol=1e-3)
