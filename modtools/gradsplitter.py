@@ -170,7 +170,7 @@ class GradSplitter:
         return torch.cat(parts) if len(parts) > 1 else parts[0]
 
     @torch.no_grad()
-    def all_logits(self, ds: D.ImageDataset, batch_size: int = 256) -> torch.Tensor:
+    def all_logits(self, ds: D.ImageDataset, batch_size: int = 64) -> torch.Tensor:
         """Module logits for a whole data set under the current binary masks: ``(N, len(ds), C)``."""
         masks = {k: v.float() for k, v in self.binary_masks().items()}
         outs = [self.module_logits(x.to(self.device), masks).cpu() for x, _ in D.TensorLoader(ds, batch_size)]

@@ -54,6 +54,6 @@ def module_quality_figure(results: Mapping) -> plt.Figure:
     ax.set_xticks(list(x), [m["name"] for m in mods], rotation=45, ha="right", fontsize=8)
     ax.set(ylim=(0, 1.05), title=f"modules: model test accuracy {results['accuracy_model']:.1%}, "
                                  f"composed modules {results['accuracy_composed_modules']:.1%}")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="lower left")
     fig.tight_layout()
     return fig

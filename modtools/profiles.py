@@ -27,8 +27,8 @@ PROFILE_VALUES: dict[str, dict[str, dict]] = {
 }
 
 PROFILE_VALUES["30_gradsplitter_modularize"] = {
-    "smoke": {**_SMOKE_DATA, "width": 0.125, "epochs": 1, "search_per_class": None, "cycle_epochs": 3,
-              "cycle_mask": 2, "cycle_head": 1, "batch_size": 32},
+    "smoke": {**_SMOKE_DATA, "width": 0.125, "epochs": 1, "search_per_class": None, "search_val_per_class": None,
+              "first_head_epochs": 1, "cycle_epochs": 3, "cycle_mask": 2, "cycle_head": 1, "batch_size": 32},
     "quick": {},
     "paper": {"dataset": "cifar10", "width": 1.0, "per_class": None, "test_per_class": None, "epochs": 200,
               "lr": 0.01, "schedule": "step", "milestones": [60, 120], "augment": True, "search_per_class": None, "first_head_epochs": 5, "cycle_epochs": 140, "init": "ones",
