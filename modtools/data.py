@@ -448,6 +448,7 @@ class TensorLoader:
         order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
         for i in range(len(self)):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            self.last_index = idx  # the batch's sample indices (for features cached per sample)
             x = self.ds.images[idx].float().div_(255)
             if self.augment:
                 x = augment_batch(x, g)

@@ -219,7 +219,7 @@ class GradSplitter:
         t_start = time.perf_counter()
         phases = phase_sequence(cfg)
         model_val = float((self._model_logits(val).argmax(1) == val.labels).float().mean())
-        loader = _IndexedLoader(train, cfg.batch_size, shuffle=True, seed=cfg.seed)
+        loader = D.TensorLoader(train, cfg.batch_size, shuffle=True, seed=cfg.seed)
         history, snapshots = [], []
         opt, current, head_phases_seen, features = None, None, 0, None
         iterator = range(len(phases))
@@ -258,21 +258,6 @@ class GradSplitter:
     @torch.no_grad()
     def _model_logits(self, ds: D.ImageDataset) -> torch.Tensor:
         return torch.cat([self.model(x.to(self.device)).cpu() for x, _ in D.TensorLoader(ds, 256)])
-
-
-class _IndexedLoader(D.TensorLoader):
-    """A :class:`~modtools.data.TensorLoader` that remembers the sample indices of its last batch
-    (so cached head-phase features can be looked up)."""
-
-    def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        self.epoch += 1
-        n = len(self.ds)
-        order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
-        for i in range(len(self)):
-            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
-            self.last_index = idx
-            yield self.ds.images[idx].float().div_(255), self.ds.labels[idx]
 
 
 def select_epoch(history: list[dict], model_val_accuracy: float, tolerance: float = 0.01) -> int:

@@ -167,6 +167,14 @@ def current_parameters(namespace: Mapping[str, Any], notebook: str) -> dict[str,
     return {k: namespace[k] for k in notebook_parameters(notebook) if k in namespace}
 
 
+def config_from(cls, params: Mapping[str, Any], **overrides):
+    """Build an approach's config dataclass from a notebook's parameters (same field names)."""
+    from dataclasses import fields
+
+    names = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in {**params, **overrides}.items() if k in names})
+
+
 def write_results(run_dir: str | os.PathLike, notebook: str, parameters: Mapping[str, Any],
                   metrics: Mapping[str, Any], device: str = "cpu", seed: int | None = None) -> Path:
     """Called by a notebook: write ``results.json`` with the run's context and the notebook's metrics.

@@ -48,13 +48,12 @@ from pathlib import Path
 from modtools import mwt as W
 from modtools import mwt_plots, plots
 from modtools import train as T
-from modtools.runner import current_parameters, write_results
+from modtools.runner import config_from, current_parameters, write_results
 
 NOTEBOOK = "40_mwt_modular_training"
 params = current_parameters(globals(), NOTEBOOK)
 cache = Path(run_dir).parent / "models"
-cfg = W.MwTConfig(arch=arch, width=width, dataset=dataset, per_class=per_class, test_per_class=test_per_class,
-                  alpha=alpha, beta=beta, epochs=epochs, lr=lr, batch_size=batch_size, augment=augment, seed=seed)
+cfg = config_from(W.MwTConfig, params)
 data = T.spec_data(cfg.spec(modular=True))
 
 # %% [markdown]

@@ -53,14 +53,12 @@ from modtools import mwt as W
 from modtools import mwt_plots, plots
 from modtools import train as T
 from modtools.metrics import count_macs, measure_latency
-from modtools.runner import current_parameters, write_results
+from modtools.runner import config_from, current_parameters, write_results
 
 NOTEBOOK = "42_mwt_subtask_reuse"
 params = current_parameters(globals(), NOTEBOOK)
 cache = Path(run_dir).parent / "models"
-cfg = W.MwTConfig(arch=arch, width=width, dataset=dataset, per_class=per_class, test_per_class=test_per_class,
-                  alpha=alpha, beta=beta, epochs=epochs, lr=lr, batch_size=batch_size, augment=augment, seed=seed,
-                  threshold=threshold, on_empty=on_empty, finetune_epochs=finetune_epochs)
+cfg = config_from(W.MwTConfig, params)
 data = T.spec_data(cfg.spec(modular=True))
 gated, _ = W.train_mwt(cfg, cache=cache, device=device, data=data)
 standard, _ = W.train_standard(cfg, cache=cache, device=device, data=data)

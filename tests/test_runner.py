@@ -53,3 +53,11 @@ def test_parse_value():
 def test_write_results_refuses_reserved_names(tmp_path):
     with pytest.raises(ValueError, match="reserved"):
         runner.write_results(tmp_path, "x", {}, {"seed": 1})
+
+
+def test_config_from_takes_matching_names():
+    from modtools.mwt import MwTConfig
+
+    cfg = runner.config_from(MwTConfig, {"arch": "resnet20", "epochs": 3, "run_dir": "x", "profile": "smoke"},
+                             threshold=0.5)
+    assert cfg.arch == "resnet20" and cfg.epochs == 3 and cfg.threshold == 0.5
