@@ -338,3 +338,9 @@ def to_module(model: nn.Module, result: SplitResult, c: int, train: D.ImageDatas
     return Module.create(model, result.module_masks(c), task, head, state, approach="gradsplitter", config=config,
                          metrics=metrics or {}, lineage=lineage or [], input_shape=train.shape, dataset=train.name,
                          on_empty="keep_one")
+
+
+def best_modules(f1: Sequence[Sequence[float]]) -> list[int]:
+    """For each class, the model whose module has the highest F1 (``f1[model][class]``; first on ties)."""
+    n_models, n_classes = len(f1), len(f1[0])
+    return [max(range(n_models), key=lambda k: (f1[k][c], -k)) for c in range(n_classes)]

@@ -57,3 +57,40 @@ def module_quality_figure(results: Mapping) -> plt.Figure:
     ax.legend(fontsize=8, loc="lower left")
     fig.tight_layout()
     return fig
+
+
+def compose_figure(results: Mapping) -> plt.Figure:
+    """Test accuracy of each single model, the best of them, and the composed model."""
+    singles = results["accuracy_single_models"]
+    labels = [f"model {k}" for k in range(len(singles))] + ["composed"]
+    values = list(singles) + [results["accuracy_composed"]]
+    colors = [PALETTE["model"]] * len(singles) + [PALETTE["module"]]
+    fig, ax = plt.subplots(figsize=(1.6 + 1.1 * len(values), 3.8))
+    ax.bar(range(len(values)), values, color=colors)
+    for i, v in enumerate(values):
+        ax.text(i, v + 0.01, f"{v:.1%}", ha="center", fontsize=8)
+    ax.set_xticks(range(len(values)), labels)
+    low = min(values)
+    ax.set(ylim=(max(0.0, low - 0.15), 1.0), ylabel="test accuracy",
+           title="single weak models vs modules composed" + (" (calibrated)" if results["calibrated"] else ""))
+    fig.tight_layout()
+    return fig
+
+
+def f1_heatmap(results: Mapping) -> plt.Figure:
+    """Models × classes heat map of module F1, the chosen module per class outlined."""
+    import seaborn as sns
+    from matplotlib.patches import Rectangle
+
+    f1 = results["f1"]
+    fig, ax = plt.subplots(figsize=(1.5 + 0.8 * len(f1[0]), 1.2 + 0.5 * len(f1)))
+    sns.heatmap(f1, annot=True, fmt=".2f", vmin=0, vmax=1, cmap="viridis", ax=ax,
+                xticklabels=results["class_names"], yticklabels=[f"model {k}" for k in range(len(f1))],
+                cbar_kws={"label": "module F1 (evaluation set)"})
+    for c, k in enumerate(results["chosen_model_per_class"]):
+        ax.add_patch(Rectangle((c, k), 1, 1, fill=False, edgecolor="red", lw=2))
+    ax.set_title("module F1 per model and class (red: chosen)")
+    ax.set_xticklabels(ax.get_xticklabels(), rotation=45, ha="right")
+    ax.set_yticklabels(ax.get_yticklabels(), rotation=0)
+    fig.tight_layout()
+    return fig

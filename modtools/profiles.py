@@ -35,6 +35,18 @@ PROFILE_VALUES["30_gradsplitter_modularize"] = {
               "lr_mask": 0.001, "lr_head": 0.01, "alpha": 0.1, "batch_size": 64},
 }
 
+PROFILE_VALUES["31_gradsplitter_compose"] = {
+    "smoke": {**_SMOKE_DATA, "width": 0.125, "n_models": 2, "epochs": 1, "search_per_class": None,
+              "search_val_per_class": None, "first_head_epochs": 1, "cycle_epochs": 3, "cycle_mask": 2,
+              "cycle_head": 1, "batch_size": 32, "dirichlet_alpha": 5.0},
+    "quick": {},
+    "paper": {"dataset": "cifar10", "width": 1.0, "n_models": 10, "per_class": None, "test_per_class": None,
+              "epochs": 200, "lr": 0.01, "schedule": "step", "milestones": [60, 120], "augment": True,
+              "search_per_class": None, "search_val_per_class": None, "first_head_epochs": 5, "cycle_epochs": 140,
+              "cycle_mask": 5, "cycle_head": 2, "init": "ones", "lr_mask": 0.001, "lr_head": 0.01, "alpha": 0.1,
+              "select_tolerance": 0.01},
+}
+
 _MWT_SMOKE = {**_SMOKE_DATA, "arch": "resnet20", "width": 0.25, "epochs": 1, "batch_size": 16, "augment": False}
 _MWT_PAPER = {"dataset": "cifar10", "arch": "resnet18", "width": 1.0, "per_class": None, "test_per_class": None,
               "epochs": 200, "batch_size": 128, "augment": True}

@@ -10,6 +10,7 @@ from modtools import runner
 REQUIRED = {"00_quickstart": ["accuracy_model", "accuracy_module", "macs_ratio", "latency_ratio_b64", "sweep"],
             "10_train_models": ["models", "per_class", "accuracy"],
             "30_gradsplitter_modularize": ["krr_mean", "accuracy_model", "accuracy_composed_modules", "per_module"],
+            "31_gradsplitter_compose": ["accuracy_single_models", "accuracy_best_single", "accuracy_composed"],
             "40_mwt_modular_training": ["accuracy_modular", "accuracy_standard", "seconds_per_epoch_modular",
                                         "seconds_per_epoch_standard"],
             "41_mwt_threshold_sweep": ["thresholds", "krr", "cohesion", "coupling", "reuse_krr", "reuse_accuracy"],

@@ -1,0 +1,122 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # GradSplitter scenario A: a more accurate model from modules
+#
+# *Can modules picked from several weak models make a model more accurate than any of them?*
+#
+# We train K models of one architecture on different seeded class-imbalanced (Dirichlet) subsets,
+# so each is weak on some classes, and decompose each into per-class modules. For every class we
+# pick the module with the best F1 on a module evaluation set (20 % of the test split, as in the
+# original), compose the N picked modules (argmax of their scores; an optional calibration of the
+# scores on the same evaluation set is off by default, as in the paper), and compare the composed
+# model with every single model on the remaining 80 % of the test split.
+
+# %% tags=["parameters"]
+profile = "quick"          # smoke | quick | paper (set by the runner)
+dataset = "fashion-mnist"  # data set name
+arch = "simcnn"            # architecture of the K models
+width = 0.25               # width multiplier
+n_models = 3               # K, the number of models
+dirichlet_alpha = 1.0      # concentration of the class-imbalanced subsets (smaller: more imbalanced)
+per_class = 1000           # training images per class before the Dirichlet draw caps them (None: all)
+test_per_class = 300       # test images per class (None: all)
+epochs = 4                 # training epochs of each model
+lr = 0.05                  # learning rate of the models (SGD, momentum 0.9)
+schedule = "cosine"        # cosine | step | constant
+milestones = []            # epochs where a step schedule divides the lr by 10
+augment = False            # random crop + flip while training the models
+search_per_class = 50      # training images per class used by each search (None: all)
+search_val_per_class = 30  # validation images per class used to select each search's epoch (None: all)
+first_head_epochs = 5      # head-only epochs before the cycles (published: 5)
+cycle_epochs = 5           # epochs of mask/head cycles (published: 140)
+cycle_mask = 3             # mask epochs per cycle (published: 5)
+cycle_head = 1             # head epochs per cycle (published: 2)
+init = "value"             # mask initialisation: ones | value | normal (published: ones)
+init_value = 0.05          # initial score when init is "value"
+lr_mask = 0.002            # Adam lr in mask phases (published: 0.001)
+lr_head = 0.05             # Adam lr of the first head phase (published: 0.01)
+alpha = 0.1                # weight of the kept-kernel rate
+select_tolerance = 0.05    # selection: fewest kernels within this of the model (published rule: 0.01)
+batch_size = 64            # search batch size
+calibrate = False          # calibrate module scores on the evaluation set before composing
+seed = 0                   # every random choice flows from this seed
+device = "auto"            # auto | cpu | cuda
+run_dir = "../runs/31_gradsplitter_compose"  # results go here
+figures_dir = "../figures"                    # figures go here
+
+# %%
+from pathlib import Path
+
+from modtools import compose as C
+from modtools import data as D
+from modtools import gradsplitter as G
+from modtools import gradsplitter_plots, plots
+from modtools import train as T
+from modtools.runner import config_from, current_parameters, write_results
+
+NOTEBOOK = "31_gradsplitter_compose"
+params = current_parameters(globals(), NOTEBOOK)
+cache = Path(run_dir).parent / "models"
+fit = T.FitConfig(epochs=epochs, lr=lr, schedule=schedule, milestones=tuple(milestones), augment=augment, seed=seed)
+cfg = config_from(G.GradSplitterConfig, params, schedule=profile)
+test_all = T.spec_data(T.ModelSpec(arch=arch, width=width, dataset=dataset, per_class=per_class,
+                                   test_per_class=test_per_class, data_seed=seed, fit=fit)).test
+eval_set, test_set = D.train_val_split(test_all, 0.8, seed=seed)   # 20 % module evaluation, 80 % test
+print(f"module evaluation set {len(eval_set)}, test set {len(test_set)}")
+
+# %% [markdown]
+# ## K weak models, each decomposed
+
+# %%
+models, results, reports, subset_counts = [], [], [], []
+for k in range(n_models):
+    spec = T.ModelSpec(arch=arch, width=width, dataset=dataset, per_class=per_class, test_per_class=test_per_class,
+                       dirichlet_alpha=dirichlet_alpha, data_seed=seed + k, fit=fit)
+    data = T.spec_data(spec)
+    model, _ = T.train_cached(spec, cache=cache, device=device, data=data)
+    search_train = D.limit_per_class(data.train, search_per_class, seed=seed)
+    search_val = D.limit_per_class(data.val, search_val_per_class, seed=seed)
+    result = G.decompose(model, search_train, search_val, cfg, device=device)
+    report = G.evaluate_modules(model, result, eval_set, test_set, device=device)
+    models.append(model.cpu()); results.append(result); reports.append(report)
+    subset_counts.append(data.train.class_counts())
+    print(f"model {k}: train counts {subset_counts[-1]}, test accuracy {report['accuracy_model']:.3f}, "
+          f"modules KRR {report['krr_mean']:.2f}")
+
+# %% [markdown]
+# ## Pick the best module per class and compose
+
+# %%
+f1 = [[m["f1"] for m in r["per_module"]] for r in reports]
+chosen = G.best_modules(f1)
+modules = [G.to_module(models[k], results[k], c, test_all) for c, k in enumerate(chosen)]
+composed = C.ComposedClassifier(modules, test_all.class_names)
+if calibrate:
+    composed.calibrate(eval_set)
+composed_report = C.evaluate_composed(composed, test_set, device=device)
+singles = [r["accuracy_model"] for r in reports]
+print(f"single models {[round(a, 3) for a in singles]}, composed {composed_report['accuracy']:.3f}")
+
+# %%
+results_out = {
+    "arch": arch, "dataset": dataset, "accuracy_single_models": singles, "accuracy_best_single": max(singles),
+    "accuracy_composed": composed_report["accuracy"], "calibrated": calibrate, "chosen_model_per_class": chosen,
+    "f1": f1, "class_names": test_all.class_names, "train_class_counts": subset_counts,
+    "per_class_composed": composed_report["per_class"],
+    "krr_chosen": [results[k].krr_per_module()[c] for c, k in enumerate(chosen)],
+}
+write_results(run_dir, NOTEBOOK, params, results_out, device=str(T.resolve_device(device)), seed=seed)
+plots.save_figure(gradsplitter_plots.compose_figure(results_out), figures_dir, NOTEBOOK, "composed_vs_single")
+plots.save_figure(gradsplitter_plots.f1_heatmap(results_out), figures_dir, NOTEBOOK, "f1_by_model")
