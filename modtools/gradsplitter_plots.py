@@ -94,3 +94,29 @@ def f1_heatmap(results: Mapping) -> plt.Figure:
     ax.set_yticklabels(ax.get_yticklabels(), rotation=0)
     fig.tight_layout()
     return fig
+
+
+def new_task_figure(results: Mapping) -> plt.Figure:
+    """Per new task: accuracy and wall time of the composed model against a model trained from scratch."""
+    tasks = results["tasks"]
+    labels = [f"task {i + 1}\n({len(t['class_names'])} classes)" for i, t in enumerate(tasks)]
+    x = list(range(len(tasks)))
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+    a1.bar([i - 0.2 for i in x], [t["accuracy_composed"] for t in tasks], 0.4, color=PALETTE["module"],
+           label="composed from modules (no training)")
+    a1.bar([i + 0.2 for i in x], [t["accuracy_scratch"] for t in tasks], 0.4, color=PALETTE["model"],
+           label="trained from scratch")
+    a1.set_xticks(x, labels)
+    a1.set(ylim=(0, 1.05), ylabel="test accuracy", title=f"new tasks from {' + '.join(results['sources'])}")
+    a1.legend(fontsize=8, loc="lower right")
+    a2.bar([i - 0.2 for i in x], [t["seconds_composed"] for t in tasks], 0.4, color=PALETTE["module"],
+           label="decomposing both sources (shared) + composing")
+    a2.bar([i - 0.2 for i in x], [t["seconds_compose_only"] for t in tasks], 0.4, color="#8c4a1f",
+           label="composing only")
+    a2.bar([i + 0.2 for i in x], [t["seconds_scratch"] for t in tasks], 0.4, color=PALETTE["model"],
+           label="training from scratch")
+    a2.set_xticks(x, labels)
+    a2.set(ylabel="wall seconds", title="time")
+    a2.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -47,6 +47,18 @@ PROFILE_VALUES["31_gradsplitter_compose"] = {
               "select_tolerance": 0.01},
 }
 
+PROFILE_VALUES["32_gradsplitter_new_task"] = {
+    "smoke": {"source_a": "digits", "source_b": "digits", "tasks": [[[0, 1], [3, 5]]], "width": 0.125,
+              "per_class": 20, "test_per_class": 10, "epochs": 1, "search_per_class": 10, "search_val_per_class": None,
+              "first_head_epochs": 1, "cycle_epochs": 3, "cycle_mask": 2, "cycle_head": 1, "batch_size": 32},
+    "quick": {},
+    "paper": {"source_a": "cifar10", "source_b": "svhn", "tasks": [[[0, 1, 2], [3, 5, 8]], [[3, 5], [0, 1, 2, 9]]],
+              "width": 1.0, "per_class": None, "test_per_class": None, "epochs": 200, "lr": 0.01, "schedule": "step",
+              "milestones": [60, 120], "augment": True, "search_per_class": None, "search_val_per_class": None,
+              "first_head_epochs": 5, "cycle_epochs": 140, "cycle_mask": 5, "cycle_head": 2, "init": "ones",
+              "lr_mask": 0.001, "lr_head": 0.01, "alpha": 0.1, "select_tolerance": 0.01},
+}
+
 _MWT_SMOKE = {**_SMOKE_DATA, "arch": "resnet20", "width": 0.25, "epochs": 1, "batch_size": 16, "augment": False}
 _MWT_PAPER = {"dataset": "cifar10", "arch": "resnet18", "width": 1.0, "per_class": None, "test_per_class": None,
               "epochs": 200, "batch_size": 128, "augment": True}

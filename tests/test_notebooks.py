@@ -11,6 +11,7 @@ REQUIRED = {"00_quickstart": ["accuracy_model", "accuracy_module", "macs_ratio",
             "10_train_models": ["models", "per_class", "accuracy"],
             "30_gradsplitter_modularize": ["krr_mean", "accuracy_model", "accuracy_composed_modules", "per_module"],
             "31_gradsplitter_compose": ["accuracy_single_models", "accuracy_best_single", "accuracy_composed"],
+            "32_gradsplitter_new_task": ["tasks"],
             "40_mwt_modular_training": ["accuracy_modular", "accuracy_standard", "seconds_per_epoch_modular",
                                         "seconds_per_epoch_standard"],
             "41_mwt_threshold_sweep": ["thresholds", "krr", "cohesion", "coupling", "reuse_krr", "reuse_accuracy"],
@@ -31,6 +32,9 @@ def test_notebook_smoke(tmp_path, name, monkeypatch):
     if name == "41_mwt_threshold_sweep":
         n = len(results["thresholds"])
         assert all(len(results[k]) == n for k in ("krr", "cohesion", "coupling", "reuse_krr", "reuse_accuracy"))
+    if name == "32_gradsplitter_new_task":
+        for task in results["tasks"]:
+            assert {"accuracy_composed", "accuracy_scratch", "seconds_composed", "seconds_scratch"} <= set(task)
     if name == "42_mwt_subtask_reuse":
         for task in results["subtasks"]:
             assert {"classes", "krr", "macs_ratio", "accuracy_module", "accuracy_standard"} <= set(task)
