@@ -1,5 +1,10 @@
 """Benchmarks (``make bench`` / ``python -m modtools.bench``): results go to ``runs/bench/``.
 
+``gradsplitter``: the batched N-module search step against N sequential single-module steps; the
+whole search with the ``paper`` schedule with and without head-phase feature caching; a faster
+schedule of the toolkit's own against the paper's (steps, composed validation accuracy, KRR); the
+peak memory of each run (each in its own process).
+
 ``mwt``: seconds per training step of MwT's modular model against the standard model (same
 architecture, batch and threads; target ratio ≤ 1.10), the time and memory to collect the gates of
 a whole training set, and the cohesion computation for 2,000 samples of one class.
@@ -124,6 +129,122 @@ def bench_mwt(arch: str = "resnet20", width: float = 1.0, batch_size: int = 128,
             "cohesion_seconds": cohesion_s, "krr_at_0.9": W.krr(u)}
 
 
+def _peak_rss_bytes(reset: bool = False) -> int:
+    """This process's peak resident memory (VmHWM); ``reset`` starts a new peak (Linux >= 4.0)."""
+    from pathlib import Path as _P
+
+    if reset:
+        try:
+            _P("/proc/self/clear_refs").write_text("5")
+        except OSError:
+            pass
+    for line in _P("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def _measured(fn, *args):
+    """Run ``fn(*args)``; return its result and the peak resident memory reached meanwhile (bytes)."""
+    _peak_rss_bytes(reset=True)
+    out = fn(*args)
+    return out, _peak_rss_bytes()
+
+
+def _search(model, train, val, cfg):
+    from . import gradsplitter as G
+
+    t0 = time.perf_counter()
+    result = G.decompose(model, train, val, cfg, device="cpu")
+    steps_per_epoch = -(-len(train) // cfg.batch_size)
+    sel = result.history[result.selected_epoch - 1]
+    return {"seconds": time.perf_counter() - t0, "epochs": len(result.history),
+            "steps": steps_per_epoch * len(result.history), "selected_epoch": result.selected_epoch,
+            "steps_to_selected": steps_per_epoch * result.selected_epoch,
+            "val_accuracy": sel["val_accuracy"], "krr": sel["krr"], "model_val_accuracy": result.model_val_accuracy}
+
+
+def bench_gradsplitter(arch: str = "simcnn", width: float = 0.25, batch_size: int = 64, steps: int = 5,
+                       search_samples: int = 128, seed: int = 0, paper_cycle_epochs: int = 140) -> dict:
+    """Measure GradSplitter's search costs (see the module docstring)."""
+    import statistics
+    from dataclasses import asdict
+
+    from . import data as D
+    from . import gradsplitter as G
+    from .masks import batched_forward, binarize_ste
+    from .train import FitConfig, fit
+
+    torch.manual_seed(seed)
+    full = D.synthetic(10, 60, 32, 3, seed=seed)
+    train, val = D.train_val_split(full, 0.2, seed=seed)
+    model = build_model(arch, num_classes=10, width=width)
+    fit(model, train, None, FitConfig(epochs=3, batch_size=64), device="cpu", progress=False)
+    cfg = G.GradSplitterConfig()
+    splitter = G.GradSplitter(model, 10, cfg, (3, 32, 32), "cpu")
+    x, y = train.float_images()[:batch_size], train.labels[:batch_size]
+
+    def batched_step():
+        masks = {k: binarize_ste(v) for k, v in splitter.scores.items()}
+        loss = torch.nn.functional.cross_entropy(splitter.heads(splitter.module_logits(x, masks)), y)
+        loss.backward()
+
+    def sequential_step():
+        scores = []
+        for i in range(10):
+            masks = {k: binarize_ste(v[i:i + 1]) for k, v in splitter.scores.items()}
+            logits = batched_forward(splitter.model, x, masks, splitter.layers, binary=False)
+            h = torch.relu(torch.relu(logits[0]) @ splitter.heads.w1[i].T + splitter.heads.b1[i])
+            scores.append(torch.sigmoid(h @ splitter.heads.w2[i].T + splitter.heads.b2[i]))
+        torch.nn.functional.cross_entropy(torch.cat(scores, 1), y).backward()
+
+    def timed(fn):
+        times = []
+        for i in range(steps + 1):
+            t0 = time.perf_counter()
+            fn()
+            if i:
+                times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+
+    _peak_rss_bytes(reset=True)
+    t_batched = timed(batched_step)
+    peak_batched = _peak_rss_bytes()
+    _peak_rss_bytes(reset=True)
+    t_seq = timed(sequential_step)
+    peak_seq = _peak_rss_bytes()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    search_train = train.take(range(min(search_samples, len(train))))
+    paper = G.GradSplitterConfig(seed=seed, cycle_epochs=paper_cycle_epochs)
+    fast = G.GradSplitterConfig(first_head_epochs=5, cycle_epochs=25, cycle_mask=3, cycle_head=1, init="value",
+                                init_value=0.05, lr_mask=0.002, lr_head=0.05, seed=seed, schedule="fast")
+    runs = {}
+    for name, cfg_run in (("paper_cached", paper), ("paper_uncached", G.GradSplitterConfig(seed=seed, cycle_epochs=paper_cycle_epochs,
+                                                                     cache_head_features=False)),
+                          ("fast_cached", fast)):
+        out, peak = _measured(_search, model, search_train, val, cfg_run)
+        runs[name] = {**out, "peak_rss_bytes": peak, "config": asdict(cfg_run)}
+        print(f"gradsplitter {name}: {out['seconds']:.1f} s, {out['steps']} steps, val {out['val_accuracy']:.3f}, "
+              f"KRR {out['krr']:.3f}", flush=True)
+    p_run, f_run = runs["paper_cached"], runs["fast_cached"]
+    return {"benchmark": "gradsplitter", "arch": arch, "width": width, "batch_size": batch_size,
+            "threads": torch.get_num_threads(), "modules": 10,
+            "step_seconds_batched": t_batched, "step_seconds_sequential": t_seq, "step_ratio": t_batched / t_seq,
+            "peak_rss_bytes_batched_step": peak_batched, "peak_rss_bytes_sequential_step": peak_seq,
+            "search_samples": len(search_train), "runs": runs,
+            "caching_time_ratio": runs["paper_cached"]["seconds"] / runs["paper_uncached"]["seconds"],
+            "caching_target": 0.75,
+            "fast_vs_paper": {"steps_ratio": f_run["steps_to_selected"] / p_run["steps_to_selected"],
+                              "val_accuracy_difference": f_run["val_accuracy"] - p_run["val_accuracy"],
+                              "krr_difference": f_run["krr"] - p_run["krr"],
+                              "meets_target": (f_run["steps_to_selected"] <= p_run["steps_to_selected"] / 3
+                                               and f_run["val_accuracy"] >= p_run["val_accuracy"] - 0.005
+                                               and f_run["krr"] <= p_run["krr"])},
+            "note": "synthetic 32x32 data; the batched step runs all 10 modules in one pass, the sequential "
+                    "one runs them one by one (a GPU gains more from batching than this CPU)"}
+
+
 def plot_extract(results: dict):
     import matplotlib.pyplot as plt
 
@@ -147,7 +268,7 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--archs", nargs="*", default=ZOO)
     parser.add_argument("--align", type=int, default=8, help="extract with widths aligned to this multiple")
-    parser.add_argument("--only", choices=("extract", "mwt"), default=None, help="run one benchmark")
+    parser.add_argument("--only", choices=("extract", "mwt", "gradsplitter"), default=None, help="run one benchmark")
     parser.add_argument("--mwt-arch", default="resnet20", help="architecture of the MwT benchmark")
     parser.add_argument("--mwt-steps", type=int, default=10, help="timed training steps per model")
     parser.add_argument("--mwt-train-size", type=int, default=10_000, help="samples whose gates are collected")
@@ -159,6 +280,12 @@ def main(argv=None) -> int:
         from .plots import save_figure
         save_figure(plot_extract(results), out, "bench", "extract")
         print(f"wrote {out / 'extract.json'}; {results['share_meeting_target']:.0%} of rows meet the latency target")
+    if args.only in (None, "gradsplitter"):
+        results = bench_gradsplitter()
+        atomic_write_json(out / "gradsplitter.json", results)
+        print(f"wrote {out / 'gradsplitter.json'}: batched/sequential step {results['step_ratio']:.2f}, "
+              f"caching time ratio {results['caching_time_ratio']:.2f} (target <= 0.75), fast schedule "
+              f"{results['fast_vs_paper']['steps_ratio']:.2f} of the paper's steps")
     if args.only in (None, "mwt"):
         results = bench_mwt(args.mwt_arch, steps=args.mwt_steps, train_size=args.mwt_train_size)
         atomic_write_json(out / "mwt.json", results)

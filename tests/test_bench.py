@@ -24,3 +24,12 @@ def test_bench_mwt_fields():
     assert results["step_seconds_modular"] > 0 and results["step_seconds_standard"] > 0
     assert results["gated_kernels"] > 0 and results["modularization_samples"] == 40
     assert 0 <= results["krr_at_0.9"] <= 1 and results["cohesion_seconds"] >= 0
+
+
+def test_bench_gradsplitter_fields():
+    results = bench.bench_gradsplitter(width=0.125, batch_size=8, steps=1, search_samples=16, paper_cycle_epochs=2)
+    assert results["step_seconds_batched"] > 0 and results["step_seconds_sequential"] > 0
+    assert set(results["runs"]) == {"paper_cached", "paper_uncached", "fast_cached"}
+    for run in results["runs"].values():
+        assert run["steps"] > 0 and 0 <= run["val_accuracy"] <= 1 and run["peak_rss_bytes"] > 0
+    assert {"steps_ratio", "meets_target"} <= set(results["fast_vs_paper"])
