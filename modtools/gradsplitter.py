@@ -11,7 +11,7 @@ rate in mask epochs. Epochs alternate between head-only and mask+head phases.
 What the toolkit does differently from the original code, all of it recorded in the config:
 
 * all N modules run in **one batched pass** (:func:`~modtools.masks.batched_forward`), in chunks of
-  ``chunk`` modules when memory asks for it;
+  ``chunk`` modules when memory asks for it, and the first layer's pre-mask output is computed once;
 * head phases do not backpropagate through the CNN: the masks are fixed within a head phase, so the
   modules' logits are computed once per phase and the heads are trained on them;
 * the phase sequence works for any number of epochs (the original crashes when the cycle part is not
@@ -166,7 +166,7 @@ class GradSplitter:
         parts = []
         for a in range(0, self.n, chunk):
             sub = {k: v[a:a + chunk] for k, v in masks.items()}
-            parts.append(batched_forward(self.model, x, sub, self.layers, binary=False))
+            parts.append(batched_forward(self.model, x, sub, self.layers, binary=False, share_first=True))
         return torch.cat(parts) if len(parts) > 1 else parts[0]
 
     @torch.no_grad()
@@ -298,7 +298,7 @@ def module_scores(model: nn.Module, result: SplitResult, ds: D.ImageDataset, dev
     outs = []
     with torch.no_grad():
         for x, _ in D.TensorLoader(ds, batch_size):
-            outs.append(heads(batched_forward(model, x.to(dev), masks, layers, binary=False)).cpu())
+            outs.append(heads(batched_forward(model, x.to(dev), masks, layers, binary=False, share_first=True)).cpu())
     return torch.cat(outs)
 
 

@@ -285,9 +285,12 @@ class StackedMasks:
     """
 
     def __init__(self, layers: list[MaskableLayer], masks: Mapping[str, torch.Tensor], binary: bool = True,
-                 on_empty: str = "allow"):
-        by_name = _layer_lookup(layers, masks)
+                 on_empty: str = "allow", expand_at: str | None = None):
+        self.expand_at = expand_at  # the layer whose output is repeated N times (input not repeated)
+        by_name = _layer_lookup(layers, {**masks, **({expand_at: None} if expand_at else {})})
         self.layers = [by_name[k] for k in masks]
+        if expand_at is not None and expand_at not in masks:
+            self.layers.append(by_name[expand_at])
         sizes = {tuple(v.shape)[:1] for v in masks.values()}
         if len(sizes) != 1:
             raise MaskShapeError(f"stacked masks disagree on N: first dimensions {sorted(sizes)}")
@@ -303,6 +306,10 @@ class StackedMasks:
                 self.masks[k] = check_mask(by_name[k], v, stacked=True, binary=binary, on_empty=on_empty)
 
     def __call__(self, layer, out, x_in):
+        if layer.name == self.expand_at:
+            out = out.unsqueeze(0).expand(self.n, *out.shape).reshape(self.n * out.shape[0], *out.shape[1:])
+            if layer.name not in self.masks:
+                return out
         m = self.masks[layer.name].to(device=out.device, dtype=out.dtype)
         nb = out.shape[0]
         if nb % self.n:
@@ -316,11 +323,21 @@ class StackedMasks:
 
 
 def batched_forward(model: nn.Module, x: torch.Tensor, masks: Mapping[str, torch.Tensor],
-                    layers: list[MaskableLayer] | None = None, binary: bool = True) -> torch.Tensor:
-    """Run N masked copies of ``model`` on ``x`` in one pass; returns ``N × B × outputs``."""
+                    layers: list[MaskableLayer] | None = None, binary: bool = True,
+                    share_first: bool = False) -> torch.Tensor:
+    """Run N masked copies of ``model`` on ``x`` in one pass; returns ``N × B × outputs``.
+
+    With ``share_first``, the first maskable layer runs once on ``x`` and its output is repeated
+    N times before its mask (valid when every path from the input goes through that layer, as in
+    the zoo and torchvision CNNs; otherwise shapes disagree and PyTorch raises).
+    """
     layers = layers if layers is not None else find_maskable_layers(model)
-    stacked = StackedMasks(layers, masks, binary=binary)
-    xn = x.unsqueeze(0).expand(stacked.n, *x.shape).reshape(stacked.n * x.shape[0], *x.shape[1:])
+    if share_first:
+        stacked = StackedMasks(layers, masks, binary=binary, expand_at=layers[0].name)
+        xn = x
+    else:
+        stacked = StackedMasks(layers, masks, binary=binary)
+        xn = x.unsqueeze(0).expand(stacked.n, *x.shape).reshape(stacked.n * x.shape[0], *x.shape[1:])
     with stacked.install(model):
         y = model(xn)
     return y.view(stacked.n, x.shape[0], *y.shape[1:])

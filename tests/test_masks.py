@@ -156,3 +156,20 @@ def test_weight_masks_identity_gradient_and_removal():
     assert float(next(iter(masks.values())).sum()) == 0
     wm.remove(bake=False)
     assert torch.equal(model(x), ref)
+
+
+@pytest.mark.parametrize("arch", ["simcnn", "resnet20", "incecnn", "tv:resnet18"])
+def test_shared_first_layer_equals_repeated_input(arch):
+    model = tiny_model(arch)
+    layers = find_maskable_layers(model)
+    masks = {layer.name: torch.stack([random_masks(layers, k, seed=i)[layer.name] for i, k in enumerate((0.4, 0.8))])
+             for layer in layers}
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        a = batched_forward(model, x, masks, layers)
+        b = batched_forward(model, x, masks, layers, share_first=True)
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    partial = {k: v for k, v in masks.items() if k != layers[0].name}   # first layer unmasked
+    with torch.no_grad():
+        torch.testing.assert_close(batched_forward(model, x, partial, layers, share_first=True),
+                                   batched_forward(model, x, partial, layers), atol=1e-5, rtol=1e-4)
