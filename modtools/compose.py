@@ -60,7 +60,8 @@ class ComposedClassifier(nn.Module):
     @torch.no_grad()
     def calibrate(self, val: D.ImageDataset, steps: int = 200, lr: float = 0.05) -> None:
         """Fit each module's ``(a, b)`` on ``val`` (module i's positives are class i's samples)."""
-        scores = predict(self, val, device="cpu") if not self.calibrated else None
+        self.calibrated = False  # fit on the raw scores, also when calibrating again
+        scores = predict(self, val, device="cpu")
         logits = torch.logit(scores, eps=1e-6)
         target = F.one_hot(val.labels, len(self.nets)).float()
         a = torch.ones(len(self.nets), requires_grad=True)

@@ -96,9 +96,8 @@ def extract(model: nn.Module, masks: Mapping[str, torch.Tensor], on_empty: str =
     if on_empty not in EXTRACT_ON_EMPTY:
         raise ValueError(f"on_empty={on_empty!r} is not allowed; use one of {EXTRACT_ON_EMPTY}")
     net = copy.deepcopy(model).eval()
-    for attr in ("modtools_config",):
-        if hasattr(net, attr):
-            delattr(net, attr)
+    if hasattr(net, "modtools_config"):  # the extracted network is no longer that architecture
+        del net.modtools_config
     example = _example(net, image_size)
     all_layers = find_maskable_layers(net, example, allow_grouped=True)
     names = [layer.name for layer in (layers or all_layers)]

@@ -39,7 +39,7 @@ from .errors import check_classes
 from .masks import MaskableLayer, batched_forward, binarize_ste, find_maskable_layers
 from .metrics import classification_report
 from .module import Module
-from .train import resolve_device, seed_everything
+from .train import predict, resolve_device, seed_everything
 
 PHASES = ("head", "mask")
 INITS = ("ones", "value", "normal")
@@ -218,7 +218,7 @@ class GradSplitter:
         cfg = self.cfg
         t_start = time.perf_counter()
         phases = phase_sequence(cfg)
-        model_val = float((self._model_logits(val).argmax(1) == val.labels).float().mean())
+        model_val = float((predict(self.model, val, device=self.device).argmax(1) == val.labels).float().mean())
         loader = D.TensorLoader(train, cfg.batch_size, shuffle=True, seed=cfg.seed)
         history, snapshots = [], []
         opt, current, head_phases_seen, features = None, None, 0, None
@@ -254,10 +254,6 @@ class GradSplitter:
         return SplitResult({k: v.cpu() for k, v in masks.items()}, {k: v.cpu() for k, v in heads.items()}, history,
                            selected, model_val, asdict(cfg), [layer.name for layer in self.layers],
                            time.perf_counter() - t_start)
-
-    @torch.no_grad()
-    def _model_logits(self, ds: D.ImageDataset) -> torch.Tensor:
-        return torch.cat([self.model(x.to(self.device)).cpu() for x, _ in D.TensorLoader(ds, 256)])
 
 
 def select_epoch(history: list[dict], model_val_accuracy: float, tolerance: float = 0.01) -> int:
@@ -315,9 +311,7 @@ def evaluate_modules(model: nn.Module, result: SplitResult, val: D.ImageDataset,
         per_module.append({"class": c, "name": val.class_names[c], "precision": pos["precision"],
                            "recall": pos["recall"], "f1": pos["f1"], "krr": krr})
     test_scores = module_scores(model, result, test, device)
-    dev = resolve_device(device)
-    with torch.no_grad():
-        logits = torch.cat([model(x.to(dev)).cpu() for x, _ in D.TensorLoader(test, 256)])
+    logits = predict(model, test, device=device)
     acc_model = float((logits.argmax(1) == test.labels).float().mean())
     acc_composed = float((test_scores.argmax(1) == test.labels).float().mean())
     return {"per_module": per_module, "krr_mean": sum(m["krr"] for m in per_module) / len(per_module),

@@ -8,7 +8,7 @@ from typing import Mapping
 
 import matplotlib.pyplot as plt
 
-from .plots import PALETTE
+from .plots import PALETTE, layer_class_heatmap
 
 
 def search_figure(results: Mapping) -> plt.Figure:
@@ -31,17 +31,7 @@ def search_figure(results: Mapping) -> plt.Figure:
 
 def kept_kernels_figure(results: Mapping) -> plt.Figure:
     """Layers × modules heat map of the fraction of kernels each module keeps."""
-    import seaborn as sns
-
-    per_layer = results["kept_by_layer"]
-    layers = list(per_layer)
-    fig, ax = plt.subplots(figsize=(1.5 + 0.7 * len(results["class_names"]), 1.0 + 0.32 * len(layers)))
-    sns.heatmap([per_layer[name] for name in layers], vmin=0, vmax=1, cmap="viridis", ax=ax,
-                xticklabels=results["class_names"], yticklabels=layers, cbar_kws={"label": "kernels kept"})
-    ax.set_title("kept kernels per layer and module")
-    ax.set_xticklabels(ax.get_xticklabels(), rotation=45, ha="right")
-    fig.tight_layout()
-    return fig
+    return layer_class_heatmap(results["kept_by_layer"], results["class_names"], "kept kernels per layer and module")
 
 
 def module_quality_figure(results: Mapping) -> plt.Figure:

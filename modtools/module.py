@@ -127,7 +127,7 @@ class Module:
             "name": self.name,
             "tags": ["modtools", "module", self.approach, self.source["arch"]],
             "datasets": [self.source.get("dataset") or self.task.get("dataset", "")],
-            "base_model": {k: v for k, v in self.source.items()},
+            "base_model": dict(self.source),
             "approach": self.approach,
             "config": self.config,
             "task": self.task,

@@ -364,10 +364,3 @@ def subtask_module(model: GatedModel, stats: GateStats, u: torch.Tensor, classes
     module.metrics = {"accuracy": report["accuracy"], "val_accuracy": report["val_accuracy"],
                       "accuracy_before_finetune": report["accuracy_before_finetune"], "krr": report["krr"]}
     return module, report
-
-
-def restricted_accuracy(model: nn.Module, test: D.ImageDataset, classes: Sequence[int], device: str = "auto") -> float:
-    """Accuracy of a full model on a sub-task: argmax over the target classes' logits only."""
-    task = D.subset_task(test, classes, "test")
-    logits = predict(model, task, device=device)[:, list(classes)]
-    return float((logits.argmax(1) == task.labels).float().mean())

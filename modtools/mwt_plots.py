@@ -8,7 +8,7 @@ from typing import Mapping
 
 import matplotlib.pyplot as plt
 
-from .plots import PALETTE
+from .plots import PALETTE, layer_class_heatmap
 
 
 def training_figure(results: Mapping) -> plt.Figure:
@@ -67,18 +67,8 @@ def threshold_reuse_figure(results: Mapping) -> plt.Figure:
 
 def retention_heatmap(results: Mapping) -> plt.Figure:
     """Layers × classes: the fraction of each layer's kernels in each class's module."""
-    import seaborn as sns
-
-    per_layer = results["retention_by_layer"]
-    layers = list(per_layer)
-    values = [[v for v in per_layer[name]] for name in layers]
-    fig, ax = plt.subplots(figsize=(1.2 + 0.7 * len(values[0]), 1.0 + 0.3 * len(layers)))
-    sns.heatmap(values, vmin=0, vmax=1, cmap="viridis", xticklabels=results["class_names"], yticklabels=layers,
-                ax=ax, cbar_kws={"label": "kernels kept"})
-    ax.set_title(f"per-layer kernel retention by class (θ = {results['threshold']})")
-    ax.set_xticklabels(ax.get_xticklabels(), rotation=45, ha="right")
-    fig.tight_layout()
-    return fig
+    return layer_class_heatmap(results["retention_by_layer"], results["class_names"],
+                               f"per-layer kernel retention by class (θ = {results['threshold']})")
 
 
 def subtask_figure(results: Mapping) -> plt.Figure:

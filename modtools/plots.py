@@ -97,6 +97,21 @@ def training_curves_figure(records: Mapping[str, Mapping]) -> plt.Figure:
     return fig
 
 
+def layer_class_heatmap(per_layer: Mapping[str, Sequence[float]], class_names: Sequence[str], title: str,
+                        label: str = "kernels kept") -> plt.Figure:
+    """Layers × classes heat map of a fraction per layer and class (e.g. kernels kept by each module)."""
+    import seaborn as sns
+
+    layers = list(per_layer)
+    fig, ax = plt.subplots(figsize=(1.5 + 0.7 * len(class_names), 1.0 + 0.32 * len(layers)))
+    sns.heatmap([list(per_layer[name]) for name in layers], vmin=0, vmax=1, cmap="viridis", ax=ax,
+                xticklabels=list(class_names), yticklabels=layers, cbar_kws={"label": label})
+    ax.set_title(title)
+    plt.setp(ax.get_xticklabels(), rotation=45, ha="right")
+    fig.tight_layout()
+    return fig
+
+
 def per_class_heatmap(per_class: Mapping[str, Sequence[Mapping]], title: str = "per-class test accuracy") -> plt.Figure:
     """Models × classes heat map of per-class accuracy (recall)."""
     import seaborn as sns

@@ -25,15 +25,21 @@ def module_accuracy(module: Module, test: D.ImageDataset, device: str = "auto") 
     return float((predict(module.as_model(), task, device=device).argmax(1) == task.labels).float().mean()), task
 
 
+def restricted_accuracy(model: nn.Module, test: D.ImageDataset, classes, device: str = "auto") -> float:
+    """Accuracy of a full model on the sub-task of ``classes`` drawn from ``test``: argmax over
+    those classes' logits only."""
+    task = D.subset_task(test, classes, "test")
+    logits = predict(model, task, device=device)[:, list(classes)]
+    return float((logits.argmax(1) == task.labels).float().mean())
+
+
 def model_accuracy_on(model: nn.Module, module: Module, task: D.ImageDataset, device: str = "auto") -> float:
     """The full model's accuracy on a module's task: argmax restricted to the task's classes
     (sub-task), or "argmax is the class" (detector)."""
     classes = module.task["classes"]
     logits = predict(model, task, device=device)
-    if module.task.get("kind") == "detector":
-        pred = (logits.argmax(1) == classes[0]).long()
-    else:
-        pred = logits[:, classes].argmax(1)
+    pred = (logits.argmax(1) == classes[0]).long() if module.task.get("kind") == "detector" \
+        else logits[:, classes].argmax(1)
     return float((pred == task.labels).float().mean())
 
 

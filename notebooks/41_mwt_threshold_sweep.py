@@ -55,6 +55,7 @@ from pathlib import Path
 from modtools import mwt as W
 from modtools import mwt_plots, plots
 from modtools import train as T
+from modtools.report import restricted_accuracy
 from modtools.runner import config_from, current_parameters, write_results
 
 NOTEBOOK = "41_mwt_threshold_sweep"
@@ -90,7 +91,7 @@ u_default, _ = W.module_masks(stats, threshold, on_empty)
 results = {
     "arch": arch, "dataset": dataset, "thresholds": list(thresholds), **rows,
     "subtask": list(subtask), "subtask_names": [data.train.class_names[c] for c in subtask],
-    "accuracy_standard_subtask": W.restricted_accuracy(standard, data.test, subtask, device=device),
+    "accuracy_standard_subtask": restricted_accuracy(standard, data.test, subtask, device=device),
     "threshold": threshold, "retention_by_layer": W.retention_by_layer(u_default, stats),
     "class_names": data.train.class_names, "gate_collection_seconds": stats.seconds,
 }

@@ -53,6 +53,7 @@ from modtools import mwt as W
 from modtools import mwt_plots, plots
 from modtools import train as T
 from modtools.metrics import count_macs, measure_latency
+from modtools.report import restricted_accuracy
 from modtools.runner import config_from, current_parameters, write_results
 
 NOTEBOOK = "42_mwt_subtask_reuse"
@@ -82,8 +83,8 @@ for classes in subtasks:
            "latency_ratio": measure_latency(net, shape, 64, repeats=latency_repeats)["seconds"] / full_latency,
            "accuracy_module": report["accuracy"], "accuracy_module_before_finetune": report["accuracy_before_finetune"],
            "val_accuracy_module": report["val_accuracy"],
-           "accuracy_standard": W.restricted_accuracy(standard, data.test, classes, device=device),
-           "accuracy_modular": W.restricted_accuracy(gated, data.test, classes, device=device),
+           "accuracy_standard": restricted_accuracy(standard, data.test, classes, device=device),
+           "accuracy_modular": restricted_accuracy(gated, data.test, classes, device=device),
            "module_folder": str(folder)}
     rows.append(row)
     print(f"{'+'.join(row['class_names'])}: KRR {row['krr']:.2f}, MACs {row['macs_ratio']:.2f}, "

@@ -45,6 +45,9 @@ def test_composition_learns_separable_task_and_calibrates(split_model):
     assert C.evaluate_composed(composed, val, device="cpu")["accuracy"] >= 0.9
     composed.calibrate(val)
     assert composed.calibrated and C.evaluate_composed(composed, val, device="cpu")["accuracy"] >= 0.9
+    first = composed.scale.clone(), composed.shift.clone()
+    composed.calibrate(val)  # again: fitted on the raw scores, so the same calibration
+    torch.testing.assert_close((composed.scale, composed.shift), first)
 
 
 def test_best_module_choice():
