@@ -10,10 +10,13 @@ rate in mask epochs. Epochs alternate between head-only and mask+head phases.
 
 What the toolkit does differently from the original code, all of it recorded in the config:
 
-* all N modules run in **one batched pass** (:func:`~modtools.masks.batched_forward`), in chunks of
+* all N modules run in **one batched pass** (on a CPU in channels-last layout, where pooling is several times faster) (:func:`~modtools.masks.batched_forward`), in chunks of
   ``chunk`` modules when memory asks for it, and the first layer's pre-mask output is computed once;
 * head phases do not backpropagate through the CNN: the masks are fixed within a head phase, so the
-  modules' logits are computed once per phase and the heads are trained on them;
+  modules' logits on the training and the validation split are computed once per phase and the heads
+  are trained and evaluated on them (``head_phase="cached"``; ``"recompute"`` runs the frozen forward
+  every step, ``"backprop"`` does what the original does, a full forward and backward through the
+  CNN whose mask gradients are then thrown away; all three give the same heads);
 * the phase sequence works for any number of epochs (the original crashes when the cycle part is not
   a multiple of 7);
 * the epoch is **selected automatically** on a validation split: the fewest kernels among epochs
@@ -36,13 +39,14 @@ import torch.nn.functional as F
 
 from . import data as D
 from .errors import check_classes
-from .masks import MaskableLayer, batched_forward, binarize_ste, find_maskable_layers
+from .masks import MaskableLayer, batched_forward, binarize_ste, channels_last_on_cpu, find_maskable_layers
 from .metrics import classification_report
 from .module import Module
 from .train import predict, resolve_device, seed_everything
 
 PHASES = ("head", "mask")
 INITS = ("ones", "value", "normal")
+HEAD_PHASES = ("cached", "recompute", "backprop")
 
 
 @dataclass
@@ -62,7 +66,7 @@ class GradSplitterConfig:
     init_value: float = 1.0
     head_hidden: int = 10
     chunk: int | None = None       # modules per batched pass (None: all N at once)
-    cache_head_features: bool = True
+    head_phase: str = "cached"    # cached | recompute | backprop (the original's; for benchmarks)
     select_tolerance: float = 0.01
     seed: int = 1
     schedule: str = "paper"        # a label for the settings above
@@ -70,6 +74,8 @@ class GradSplitterConfig:
     def __post_init__(self) -> None:
         if self.init not in INITS:
             raise ValueError(f"init={self.init!r} is not allowed; use one of {INITS}")
+        if self.head_phase not in HEAD_PHASES:
+            raise ValueError(f"head_phase={self.head_phase!r} is not allowed; use one of {HEAD_PHASES}")
         for name in ("first_head_epochs", "cycle_epochs", "cycle_mask", "cycle_head"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -197,20 +203,25 @@ class GradSplitter:
 
     def _head_epoch(self, loader: D.TensorLoader, opt, features: torch.Tensor | None) -> float:
         total, seen = 0.0, 0
-        masks = {k: v.float() for k, v in self.binary_masks().items()}
+        mode = self.cfg.head_phase
+        fixed = {k: v.float() for k, v in self.binary_masks().items()}
         for x, y in loader:
             y = y.to(self.device)
             if features is not None:
                 logits = features[:, loader.last_index].to(self.device)
+            elif mode == "backprop":   # the original: gradients reach the masks, which are not stepped
+                logits = self.module_logits(x.to(self.device), {k: binarize_ste(v) for k, v in self.scores.items()})
             else:
                 with torch.no_grad():
-                    logits = self.module_logits(x.to(self.device), masks)
+                    logits = self.module_logits(x.to(self.device), fixed)
             loss = F.cross_entropy(self.heads(logits), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             total += float(loss.detach()) * len(y)
             seen += len(y)
+        for v in self.scores.values():
+            v.grad = None
         return total / seen
 
     def run(self, train: D.ImageDataset, val: D.ImageDataset, progress: bool = False) -> SplitResult:
@@ -221,7 +232,7 @@ class GradSplitter:
         model_val = float((predict(self.model, val, device=self.device).argmax(1) == val.labels).float().mean())
         loader = D.TensorLoader(train, cfg.batch_size, shuffle=True, seed=cfg.seed)
         history, snapshots = [], []
-        opt, current, head_phases_seen, features = None, None, 0, None
+        opt, current, head_phases_seen, features, val_logits = None, None, 0, None, None
         iterator = range(len(phases))
         if progress:
             from tqdm.auto import tqdm
@@ -237,13 +248,16 @@ class GradSplitter:
                     lr = cfg.lr_head if head_phases_seen == 0 else cfg.lr_head_later
                     opt = torch.optim.Adam(self.heads.parameters(), lr=lr)
                     head_phases_seen += 1
-                    features = self.all_logits(train) if cfg.cache_head_features else None
+                    features = self.all_logits(train) if cfg.head_phase == "cached" else None
                 current = phase
             if phase == "mask":
                 loss = self._mask_epoch(loader, opt)
             else:
                 loss = self._head_epoch(loader, opt, features)
-            val_scores = self.composed_scores(val)
+            if not (phase == "head" and cfg.head_phase == "cached" and val_logits is not None):
+                val_logits = self.all_logits(val)    # in a cached head phase the masks have not moved
+            with torch.no_grad():
+                val_scores = self.heads(val_logits.to(self.device)).cpu()
             row = {"epoch": epoch + 1, "phase": phase, "loss": loss,
                    "val_accuracy": float((val_scores.argmax(1) == val.labels).float().mean()),
                    "krr": float(self.kept_rate().detach()), "seconds": time.perf_counter() - t0}
@@ -269,12 +283,14 @@ def decompose(model: nn.Module, train: D.ImageDataset, val: D.ImageDataset, cfg:
               device: str = "auto", progress: bool = False) -> SplitResult:
     """Run GradSplitter on a trained model; ``train``/``val`` are over the model's classes."""
     cfg = cfg or GradSplitterConfig()
-    splitter = GradSplitter(model, train.num_classes, cfg, train.shape, device)
-    try:
-        return splitter.run(train, val, progress)
-    finally:
-        for p in model.parameters():
-            p.requires_grad_(True)
+    dev = resolve_device(device)
+    with channels_last_on_cpu(model, dev):
+        splitter = GradSplitter(model, train.num_classes, cfg, train.shape, dev)
+        try:
+            return splitter.run(train, val, progress)
+        finally:
+            for p in model.parameters():
+                p.requires_grad_(True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -292,7 +308,7 @@ def module_scores(model: nn.Module, result: SplitResult, ds: D.ImageDataset, dev
     heads.load_state_dict(result.heads)
     masks = {k: v.float().to(dev) for k, v in result.masks.items()}
     outs = []
-    with torch.no_grad():
+    with torch.no_grad(), channels_last_on_cpu(model, dev):
         for x, _ in D.TensorLoader(ds, batch_size):
             outs.append(heads(batched_forward(model, x.to(dev), masks, layers, binary=False, share_first=True)).cpu())
     return torch.cat(outs)

@@ -18,6 +18,7 @@ An all-ones mask leaves outputs bit-identical (``x * 1.0 == x`` in IEEE arithmet
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping
 
@@ -341,6 +342,26 @@ def batched_forward(model: nn.Module, x: torch.Tensor, masks: Mapping[str, torch
     with stacked.install(model):
         y = model(xn)
     return y.view(stacked.n, x.shape[0], *y.shape[1:])
+
+
+@contextmanager
+def channels_last_on_cpu(model: nn.Module, device: torch.device | str):
+    """Within the block, keep ``model``'s 4-D weights in channels-last layout when running on a CPU.
+
+    The batched module passes (N × B images) are dominated by convolutions and max-pooling, and
+    PyTorch's CPU pooling is several times faster in channels-last layout; results agree up to
+    float rounding. The layout is restored afterwards; a model already in a non-default layout,
+    or a GPU run, is left alone.
+    """
+    convert = torch.device(device).type == "cpu" and all(
+        p.is_contiguous() for p in model.parameters() if p.ndim == 4)
+    if convert:
+        model.to(memory_format=torch.channels_last)
+    try:
+        yield model
+    finally:
+        if convert:
+            model.to(memory_format=torch.contiguous_format)
 
 
 class InputGates(nn.Module):

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from modtools import bench
 
 
@@ -27,9 +29,23 @@ def test_bench_mwt_fields():
 
 
 def test_bench_gradsplitter_fields():
-    results = bench.bench_gradsplitter(width=0.125, batch_size=8, steps=1, search_samples=16, paper_cycle_epochs=2)
+    runs = ("paper_cached", "paper_backprop", "paper_recompute", "fast_cached")
+    results = bench.bench_gradsplitter(width=0.125, batch_size=8, steps=1, dataset="synthetic", per_class=32,
+                                       search_samples=16, paper_cycle_epochs=2, runs=runs)
     assert results["step_seconds_batched"] > 0 and results["step_seconds_sequential"] > 0
-    assert set(results["runs"]) == {"paper_cached", "paper_uncached", "fast_cached"}
+    assert set(results["runs"]) == set(runs) and results["modules"] == 4
     for run in results["runs"].values():
-        assert run["steps"] > 0 and 0 <= run["val_accuracy"] <= 1 and run["peak_rss_bytes"] > 0
-    assert {"steps_ratio", "meets_target"} <= set(results["fast_vs_paper"])
+        assert run["steps"] == run["epochs"] * run["steps_per_epoch"] == len(run["history"]) * 2
+        assert 0 <= run["val_accuracy"] <= 1 and run["peak_rss_bytes"] > 0
+    assert results["caching_time_ratio"] > 0 and results["caching_vs_recompute_ratio"] > 0
+    assert {"steps_ratio", "meets_target", "fast_steps_to_target"} <= set(results["fast_vs_paper"])
+    with pytest.raises(ValueError, match="unknown runs"):
+        bench.bench_gradsplitter(width=0.125, batch_size=8, steps=0, dataset="synthetic", per_class=8,
+                                 search_samples=8, runs=("paper_fast",))
+
+
+def test_time_to_target_takes_the_first_epoch_meeting_both():
+    history = [{"epoch": 1, "val_accuracy": 0.90, "krr": 0.9}, {"epoch": 2, "val_accuracy": 0.80, "krr": 0.5},
+               {"epoch": 3, "val_accuracy": 0.896, "krr": 0.6}, {"epoch": 4, "val_accuracy": 0.95, "krr": 0.4}]
+    assert bench.time_to_target(history, 10, val_accuracy=0.90, krr=0.6) == 30
+    assert bench.time_to_target(history, 10, val_accuracy=0.99, krr=0.6) is None

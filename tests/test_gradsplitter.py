@@ -84,11 +84,26 @@ def test_short_search_is_seeded_and_uses_only_train_and_val(tiny_data):
         G.to_module(model, r1, 9, train)
 
 
-def test_head_feature_caching_gives_the_same_heads(tiny_data):
+@pytest.mark.parametrize("mode", ["recompute", "backprop"])
+def test_head_phase_modes_give_the_same_search(tiny_data, mode):
+    """Cached head-phase features (train and validation) change nothing against recomputing them
+    every step or backpropagating through the CNN as the original does."""
     train, test = tiny_data
     model = tiny_model("vgg16", in_channels=1, num_classes=4)
-    base = dict(first_head_epochs=2, cycle_epochs=0, batch_size=32)
-    a = G.decompose(model, train, test, G.GradSplitterConfig(cache_head_features=True, **base), device="cpu")
-    b = G.decompose(model, train, test, G.GradSplitterConfig(cache_head_features=False, **base), device="cpu")
+    base = dict(first_head_epochs=2, cycle_epochs=5, cycle_mask=1, cycle_head=2, batch_size=32, init="value",
+                init_value=0.01, lr_mask=0.01)
+    a = G.decompose(model, train, test, G.GradSplitterConfig(head_phase="cached", **base), device="cpu")
+    b = G.decompose(model, train, test, G.GradSplitterConfig(head_phase=mode, **base), device="cpu")
+    assert [h["phase"] for h in a.history] == ["head"] * 2 + ["mask", "head", "head", "mask", "head"]
+    assert min(h["krr"] for h in a.history) < 1.0      # the masks moved, so the caches were refreshed
+    for ha, hb in zip(a.history, b.history):
+        assert ha["krr"] == hb["krr"] and ha["val_accuracy"] == pytest.approx(hb["val_accuracy"], abs=1e-6)
+    for k in a.masks:
+        assert torch.equal(a.masks[k], b.masks[k])
     for k in a.heads:
         torch.testing.assert_close(a.heads[k], b.heads[k], atol=1e-4, rtol=1e-3)
+
+
+def test_unknown_head_phase_is_rejected():
+    with pytest.raises(ValueError, match="head_phase='fast'"):
+        G.GradSplitterConfig(head_phase="fast")

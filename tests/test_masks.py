@@ -7,7 +7,7 @@ import torch.nn as nn
 
 from modtools.errors import EmptyMaskError, MaskShapeError, UnknownNameError, UnsupportedModelError
 from modtools.masks import (InputGates, WeightMasks, apply_masks, batched_forward, binarize_ste,
-                            find_maskable_layers, ones_masks, random_masks)
+                            channels_last_on_cpu, find_maskable_layers, ones_masks, random_masks)
 
 from conftest import ALL_ARCHS, tiny_model
 
@@ -67,6 +67,22 @@ def test_batched_modules_equal_single_passes(arch):
         for i, m in enumerate(masks):
             with apply_masks(model, m, layers):
                 torch.testing.assert_close(out[i], model(x), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["rescnn", "incecnn", "resnet20"])
+def test_channels_last_batched_pass_agrees_and_restores_the_layout(arch):
+    model = tiny_model(arch)
+    layers = find_maskable_layers(model)
+    stacked = {layer.name: torch.stack([random_masks(layers, k, seed=s)[layer.name] for s, k in enumerate([0.4, 0.8])])
+               for layer in layers}
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        ref = batched_forward(model, x, stacked, layers, share_first=True)
+        with channels_last_on_cpu(model, "cpu"):
+            assert all(p.is_contiguous(memory_format=torch.channels_last) for p in model.parameters() if p.ndim == 4)
+            out = batched_forward(model, x, stacked, layers, share_first=True)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-4)
+    assert all(p.is_contiguous() for p in model.parameters())
 
 
 @pytest.mark.parametrize("bad,error,match", [
