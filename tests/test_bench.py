@@ -39,6 +39,8 @@ def test_bench_gradsplitter_fields():
         assert 0 <= run["val_accuracy"] <= 1 and run["peak_rss_bytes"] > 0
     assert results["caching_time_ratio"] > 0 and results["caching_vs_recompute_ratio"] > 0
     assert {"steps_ratio", "meets_target", "fast_steps_to_target"} <= set(results["fast_vs_paper"])
+    fig = bench.plot_gradsplitter(results)
+    assert len(fig.axes) == 3 and len(fig.axes[0].lines) >= len(runs)
     with pytest.raises(ValueError, match="unknown runs"):
         bench.bench_gradsplitter(width=0.125, batch_size=8, steps=0, dataset="synthetic", per_class=8,
                                  search_samples=8, runs=("paper_fast",))

@@ -107,3 +107,31 @@ def test_head_phase_modes_give_the_same_search(tiny_data, mode):
 def test_unknown_head_phase_is_rejected():
     with pytest.raises(ValueError, match="head_phase='fast'"):
         G.GradSplitterConfig(head_phase="fast")
+
+
+def test_schedule_presets():
+    fast = G.GradSplitterConfig.preset("fast", seed=3)
+    assert fast.schedule == "fast" and fast.seed == 3 and fast.init == "value"
+    paper = G.GradSplitterConfig.preset("paper")
+    assert paper == G.GradSplitterConfig(schedule="paper")
+    assert len(G.phase_sequence(fast)) * 3 <= len(G.phase_sequence(paper))
+    with pytest.raises(ValueError, match="schedule='slow' is not a preset"):
+        G.GradSplitterConfig.preset("slow")
+
+
+def test_cached_logits_recompute_only_changed_modules(tiny_data):
+    train, _ = tiny_data
+    model = tiny_model("rescnn", in_channels=1, num_classes=4)
+    splitter = G.GradSplitter(model, 4, G.GradSplitterConfig(), train.shape, "cpu")
+    cache: dict = {}
+    first = splitter.cached_logits(train, cache).clone()
+    assert cache["recomputed"] == 4 and first.shape == (4, len(train), 4)
+    splitter.cached_logits(train, cache)
+    assert cache["recomputed"] == 4                     # nothing moved, nothing recomputed
+    layer = next(iter(splitter.scores))
+    with torch.no_grad():
+        splitter.scores[layer][2, :2] = -1.0            # module 2 drops two kernels
+    again = splitter.cached_logits(train, cache)
+    assert cache["recomputed"] == 5
+    torch.testing.assert_close(again, splitter.all_logits(train), atol=1e-5, rtol=1e-4)
+    assert torch.equal(again[[0, 1, 3]], first[[0, 1, 3]]) and not torch.allclose(again[2], first[2])
