@@ -26,7 +26,9 @@
 #
 # The quick profile searches on a subset of the training data with masks that start near the
 # decision boundary, a larger head learning rate and shorter cycles (a faster schedule than the
-# published one, which the `paper` profile uses), and selects within 5 points of the model.
+# published one, which the `paper` profile uses), and selects within 5 points of the model. In
+# code, `G.GradSplitterConfig.preset("paper")` and `G.GradSplitterConfig.preset("fast")` give the
+# published schedule and the toolkit's benchmarked faster one (`make bench` compares them).
 
 # %% tags=["parameters"]
 profile = "quick"          # smoke | quick | paper (set by the runner)
