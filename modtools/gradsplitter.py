@@ -10,8 +10,9 @@ rate in mask epochs. Epochs alternate between head-only and mask+head phases.
 
 What the toolkit does differently from the original code, all of it recorded in the config:
 
-* all N modules run in **one batched pass** (on a CPU in channels-last layout, where pooling is several times faster) (:func:`~modtools.masks.batched_forward`), in chunks of
+* all N modules run in **one batched pass** (:func:`~modtools.masks.batched_forward`), in chunks of
   ``chunk`` modules when memory asks for it, and the first layer's pre-mask output is computed once;
+  on a CPU the passes run in channels-last layout, where max-pooling is several times faster;
 * head phases do not backpropagate through the CNN: the masks are fixed within a head phase, so the
   modules' logits on the training split are computed once per phase and the heads are trained on
   them (``head_phase="cached"``; ``"recompute"`` runs the frozen forward every step, ``"backprop"``
@@ -230,11 +231,6 @@ class GradSplitter:
         cache["bits"] = bits
         cache["recomputed"] = cache.get("recomputed", 0) + n_changed   # module passes run so far
         return cache["logits"]
-
-    @torch.no_grad()
-    def composed_scores(self, ds: D.ImageDataset) -> torch.Tensor:
-        """Module scores ``(len(ds), N)`` under the current masks and heads."""
-        return self.heads(self.all_logits(ds).to(self.device)).cpu()
 
     def _mask_epoch(self, loader: D.TensorLoader, opt) -> float:
         total, seen = 0.0, 0
