@@ -230,6 +230,15 @@ def synthetic(num_classes: int = 4, n_per_class: int = 32, image_size: int = 16,
 DATASET_NAMES = ("fashion-mnist", "mnist", "cifar10", "cifar100", "svhn", "digits", "synthetic")
 
 
+def num_classes(name: str, superclasses: bool = False) -> int:
+    """How many classes the data set ``name`` has, without loading it."""
+    if name not in DATASET_NAMES:
+        raise UnknownNameError(f"unknown data set {name!r}; available: {', '.join(DATASET_NAMES)}")
+    if name == "cifar100":
+        return len(CIFAR100_SUPERCLASSES) if superclasses else 100
+    return 4 if name == "synthetic" else 10
+
+
 def load_dataset(name: str = "fashion-mnist", split: str = "train", root: str | os.PathLike | None = None,
                  download: bool | None = None, superclasses: bool = False, seed: int = 0) -> ImageDataset:
     """Load a data set by name.

@@ -4,16 +4,25 @@ The rule, in two steps:
 
 1. **Zero.** In a copy of the model, every masked kernel's contribution is set to exactly 0: the
    BN's weight and bias of that channel (or, without BN, the conv's weight and bias of that
-   channel). The copy now computes what the masked model computes (in eval mode).
+   channel), and the same for the layer's followers (depthwise convs whose channels are its
+   kernels, :mod:`modtools.layers`). The copy now computes what the masked model computes (in eval
+   mode).
 2. **Remove.** Torch-Pruning's dependency graph groups the channels that must be removed together
    (a residual stream couples the convs that add into it; a concatenation maps channels to
-   offsets). A channel is removed only if *no* coupled conv keeps it; a channel kept by some
-   member stays, and the members that mask it contribute 0 through step 1 (the *union rule*).
+   offsets; a depthwise conv's channels are its input's). A channel is removed only when its
+   removal is exact, that is unless
+   * some coupled conv keeps it (the *union rule*: the members that mask it contribute 0 through
+     step 1);
+   * a BN that is not paired with a coupled conv reads it (a BN after a concatenation or an
+     addition, as in pre-activation DenseNets: it turns a zero channel into its shift, not 0);
+   * a LayerNorm/GroupNorm or a layer modtools does not mask (the output conv) uses it;
+   * a grouped conv reads or writes it and removing it would leave the groups uneven: every group
+     of a grouped conv loses the same number of channels, and zeroed channels stay where needed.
 
 So the extracted network equals the masked model up to float summation order, for plain,
-residual and inception CNNs and torchvision ResNets alike. A layer whose mask removes every
-kernel raises :class:`~modtools.errors.EmptyMaskError`, unless ``on_empty="keep_one"``, in which case
-one zeroed channel stays (outputs still equal) and the decision is recorded in the report.
+residual, inception, dense, depthwise-separable and grouped CNNs alike. A layer whose mask removes
+every kernel raises :class:`~modtools.errors.EmptyMaskError`, unless ``on_empty="keep_one"``, in
+which case one zeroed channel stays (outputs still equal) and the decision is recorded in the report.
 """
 from __future__ import annotations
 
@@ -25,16 +34,21 @@ import torch
 import torch.nn as nn
 
 from .errors import EmptyMaskError, UnknownNameError, UnsupportedModelError
-from .masks import MaskableLayer, apply_masks, check_mask, find_maskable_layers
+from .layers import (CHANNEL_NORMS, MaskableLayer, default_input, dependency_graph, find_maskable_layers, is_depthwise,
+                     pruning_group)
+from .masks import apply_masks, check_mask
 
 EXTRACT_ON_EMPTY = ("raise", "keep_one")
-COUPLING_RULE = ("union: a channel shared by coupled layers (residual stream) is kept if any member keeps it; "
-                 "members that mask it contribute exactly 0")
+COUPLING_RULE = ("union: a channel shared by coupled layers (residual stream, concatenation, depthwise follower) is "
+                 "kept if any member keeps it, and members that mask it contribute exactly 0; a channel read by a BN "
+                 "not paired with a coupled conv, by a LayerNorm/GroupNorm or by an unmasked layer is kept; grouped "
+                 "convs lose the same number of channels in every group")
 
 
 @dataclass
 class ExtractionReport:
-    """What extraction did: kernels kept per layer, channels kept only because of coupling, policy."""
+    """What extraction did: kernels kept per layer, channels kept only because of coupling or
+    another rule, the channels removed per conv, and the policies."""
 
     kept: dict[str, int] = field(default_factory=dict)
     total: dict[str, int] = field(default_factory=dict)
@@ -43,41 +57,92 @@ class ExtractionReport:
     on_empty: str = "raise"
     align: int = 1
     rule: str = COUPLING_RULE
+    kept_by_rule: dict[str, int] = field(default_factory=dict)
+    removed: dict[str, list[int]] = field(default_factory=dict)
+    layers: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def _example(model: nn.Module, size: int) -> torch.Tensor:
-    first = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
-    p = next(model.parameters())
-    return torch.zeros(1, first.in_channels, size, size, device=p.device, dtype=p.dtype)
+def _conv_pruner():
+    from torch_pruning.pruner.function import ConvPruner
+
+    class _GroupedConvPruner(ConvPruner):
+        """Torch-Pruning's conv pruner, except that the input channels of a grouped conv may be
+        removed at any positions as long as every group loses the same number (Torch-Pruning's own
+        assumes the same positions in every group)."""
+
+        def prune_in_channels(self, layer, idxs):
+            if layer.groups == 1:
+                return super().prune_in_channels(layer, idxs)
+            g, drop = layer.groups, set(int(i) for i in idxs)
+            ipg, opg = layer.in_channels // g, layer.out_channels // g
+            keep = [[i - j * ipg for i in range(j * ipg, (j + 1) * ipg) if i not in drop] for j in range(g)]
+            if len({len(k) for k in keep}) != 1:
+                raise UnsupportedModelError(f"uneven removal from the groups of a grouped conv ({layer}); "
+                                            "this is a modtools bug, please report it")
+            w = layer.weight.data
+            new = torch.cat([w[j * opg:(j + 1) * opg][:, keep[j]] for j in range(g)])
+            layer.weight = nn.Parameter(new, requires_grad=layer.weight.requires_grad)
+            layer.in_channels -= len(drop)
+            return layer
+
+    return _GroupedConvPruner()
 
 
 @torch.no_grad()
 def zero_masked(model: nn.Module, layers: list[MaskableLayer], masks: Mapping[str, torch.Tensor]) -> None:
-    """Set each masked kernel's output to exactly zero in place (BN weight and bias, else conv)."""
+    """Set each masked kernel's output to exactly zero in place (BN weight and bias, else conv),
+    also after the layer's followers."""
     for layer in layers:
         if layer.name not in masks:
             continue
         off = masks[layer.name].to(layer.conv.weight.device) == 0
         if not off.any():
             continue
-        if layer.norm is not None:
-            if layer.norm.weight is None:
-                raise UnsupportedModelError(f"BN {layer.norm_name} after {layer.name} has no affine parameters; "
-                                            "supported: BatchNorm2d(affine=True)")
-            layer.norm.weight[off] = 0
-            layer.norm.bias[off] = 0
-        else:
-            layer.conv.weight[off] = 0
-            if layer.conv.bias is not None:
-                layer.conv.bias[off] = 0
+        for name, conv, norm_name, norm in [(layer.name, layer.conv, layer.norm_name, layer.norm)] + [
+                (f.name, f.conv, f.norm_name, f.norm) for f in layer.followers]:
+            if norm is not None:
+                if norm.weight is None:
+                    raise UnsupportedModelError(f"BN {norm_name} after {name} has no affine parameters; "
+                                                "supported: BatchNorm2d(affine=True)")
+                norm.weight[off] = 0
+                norm.bias[off] = 0
+            else:
+                conv.weight[off] = 0
+                if conv.bias is not None:
+                    conv.bias[off] = 0
+
+
+def _even_groups(item_channels: list[tuple[int, list[int], list[int]]], keep_root: set[int]) -> int:
+    """Add channels to ``keep_root`` until every group of every grouped conv in the coupling group
+    keeps the same number (``item_channels``: group size, channel indices, their root indices);
+    returns how many were added."""
+    added, changed = 0, True
+    while changed:
+        changed = False
+        for size, idxs, roots in item_channels:
+            per_group: dict[int, list[tuple[int, int]]] = {}
+            for idx, root in zip(idxs, roots):
+                per_group.setdefault(idx // size, []).append((idx, root))
+            kept = {j: sum(root in keep_root for _, root in members) for j, members in per_group.items()}
+            target = max(kept.values())
+            for j, members in per_group.items():
+                for idx, root in members:
+                    if kept[j] >= target:
+                        break
+                    if root not in keep_root:
+                        keep_root.add(root)
+                        kept[j] += 1
+                        added += 1
+                        changed = True
+    return added
 
 
 def extract(model: nn.Module, masks: Mapping[str, torch.Tensor], on_empty: str = "raise",
             image_size: int = 32, layers: list[MaskableLayer] | None = None,
-            align: int = 1) -> tuple[nn.Module, ExtractionReport]:
+            align: int = 1, verify: bool = True) -> tuple[nn.Module, ExtractionReport]:
     """A smaller copy of ``model`` (eval mode) that computes what ``model`` gated by ``masks`` computes.
 
     Args:
@@ -85,32 +150,35 @@ def extract(model: nn.Module, masks: Mapping[str, torch.Tensor], on_empty: str =
         masks: ``{conv layer name: (C,) 0/1}``; unnamed layers keep all kernels.
         on_empty: ``"raise"`` (default) or ``"keep_one"`` (keep one zeroed channel, recorded).
         image_size: spatial size of the example input used to trace the dependency graph.
+        layers: unused (kept for compatibility); the layers are found on the copy.
         align: keep (zeroed) channels so every extracted width is a multiple of ``align`` where
             the original width allows; vectorised CPU/GPU kernels often run faster on such widths.
+        verify: compare the extracted network with the masked model on two seeded random inputs and
+            raise :class:`UnsupportedModelError` if they differ (an operation that does not map a
+            zero channel to zero, which no rule above covers).
 
     Returns:
         ``(extracted, report)``.
     """
-    import torch_pruning as tp
-
     if on_empty not in EXTRACT_ON_EMPTY:
         raise ValueError(f"on_empty={on_empty!r} is not allowed; use one of {EXTRACT_ON_EMPTY}")
-    net = copy.deepcopy(model).eval()
-    if hasattr(net, "modtools_config"):  # the extracted network is no longer that architecture
-        del net.modtools_config
-    example = _example(net, image_size)
-    all_layers = find_maskable_layers(net, example, allow_grouped=True)
-    names = [layer.name for layer in (layers or all_layers)]
-    layers = [layer for layer in all_layers if layer.name in set(names)]
-    by_name = {layer.name: layer for layer in all_layers}
     if align < 1:
         raise ValueError(f"align must be a positive integer, got {align}")
-    report = ExtractionReport(on_empty=on_empty, align=align)
+    net = copy.deepcopy(model).eval()
+    for attr in ("modtools_config", "modtools_source"):  # the extracted network is no longer that architecture
+        if hasattr(net, attr):
+            delattr(net, attr)
+    example = default_input(net, image_size)
+    description = find_maskable_layers(net, example)
+    by_name = {layer.name: layer for layer in description}
+    report = ExtractionReport(on_empty=on_empty, align=align, layers=description.to_dict())
     checked: dict[str, torch.Tensor] = {}
     for name, mask in masks.items():
         if name not in by_name:
-            raise UnknownNameError(
-                f"mask names layer {name!r}, which is not a maskable layer; maskable layers: {list(by_name)}")
+            why = description.excluded.get(name) or (f"it follows {description.followers[name]}"
+                                                     if name in description.followers else "")
+            raise UnknownNameError(f"mask names layer {name!r}, which is not a maskable layer"
+                                   f"{f' ({why})' if why else ''}; maskable layers: {list(by_name)}")
         m = check_mask(by_name[name], mask, on_empty="allow")
         if not m.any():
             if on_empty == "raise":
@@ -118,49 +186,96 @@ def extract(model: nn.Module, masks: Mapping[str, torch.Tensor], on_empty: str =
                                      f"to keep one zeroed channel (options: {EXTRACT_ON_EMPTY})")
             report.empty_layers.append(name)
         checked[name] = m
-    zero_masked(net, all_layers, checked)
+    zero_masked(net, description, checked)
 
-    graph = tp.DependencyGraph().build_dependency(net, example_inputs=example)
-    conv_by_module = {layer.conv: layer for layer in all_layers}
-    plans: list[tuple[nn.Conv2d, list[int]]] = []
-    seen: set[int] = set()
-    for layer in all_layers:
-        conv = layer.conv
-        if id(conv) in seen or conv.groups != 1:
-            continue
-        group = graph.get_pruning_group(conv, tp.prune_conv_out_channels, idxs=list(range(conv.out_channels)))
-        keep_root = set()
-        for item in group.items:
-            dep = item.dep
-            target = dep.target.module
-            # Members are the convs (and linears) whose *outputs* the group removes; BN and
-            # element-wise ops in the group follow them.
-            if not graph.is_out_channel_pruning_fn(dep.handler) or not isinstance(target, (nn.Conv2d, nn.Linear)):
+    mask_of: dict[nn.Module, torch.Tensor | None] = {}
+    paired_norms: set[nn.Module] = set()
+    for layer in description:
+        for conv, norm in [(layer.conv, layer.norm)] + [(f.conv, f.norm) for f in layer.followers]:
+            mask_of[conv] = checked.get(layer.name)
+            if norm is not None:
+                paired_norms.add(norm)
+    names = {m: n for n, m in net.named_modules()}
+    try:
+        graph = dependency_graph(net, example, conv_pruner=_conv_pruner())
+        plans: list[tuple[nn.Conv2d, list[int]]] = []
+        seen: set[int] = set()
+        rule_counts = {"bn_after_merge": 0, "unmasked_reader": 0, "grouped_even": 0}
+        convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
+        for conv in convs:
+            if id(conv) in seen or conv not in graph.module2node:
                 continue
-            seen.add(id(target))
-            member = conv_by_module.get(target)
-            mask = checked.get(member.name) if member is not None else None
-            for idx, root in zip(item.idxs, item.root_idxs):
-                if mask is None or mask[idx] != 0:
-                    keep_root.add(root)
-        remove = [c for c in range(conv.out_channels) if c not in keep_root]
-        if len(remove) == conv.out_channels:  # only possible with on_empty="keep_one"
-            remove = remove[1:]
-        if align > 1:  # keep a few zeroed channels so the width is a multiple of `align`
-            pad = min(len(remove), (-(conv.out_channels - len(remove))) % align)
-            remove = remove[pad:]
-        if remove:
-            plans.append((conv, remove))
-    for conv, remove in plans:
-        group = graph.get_pruning_group(conv, tp.prune_conv_out_channels, idxs=remove)
-        group.prune()
-
-    for layer in all_layers:
+            group = pruning_group(graph, conv)
+            keep_root: set[int] = set()
+            grouped_items = []
+            for item in group.items:
+                dep = item.dep
+                target, handler = dep.target.module, dep.handler
+                out_fn = graph.is_out_channel_pruning_fn(handler)
+                if isinstance(target, nn.Conv2d) and target.groups > 1 and not is_depthwise(target):
+                    width = target.out_channels if out_fn else target.in_channels
+                    grouped_items.append((width // target.groups, list(item.idxs), list(item.root_idxs)))
+                if isinstance(target, (nn.Conv2d, nn.Linear)) and out_fn:
+                    seen.add(id(target))
+                    mask = mask_of.get(target)
+                    for idx, root in zip(item.idxs, item.root_idxs):
+                        if mask is None or mask[idx] != 0:
+                            keep_root.add(root)
+                elif out_fn and isinstance(target, nn.modules.batchnorm._BatchNorm) and target not in paired_norms:
+                    before = len(keep_root)
+                    keep_root.update(item.root_idxs)
+                    rule_counts["bn_after_merge"] += len(keep_root) - before
+                elif out_fn and (isinstance(target, CHANNEL_NORMS) or type(target).__name__.startswith("LayerNorm")):
+                    before = len(keep_root)
+                    keep_root.update(item.root_idxs)
+                    rule_counts["unmasked_reader"] += len(keep_root) - before
+            if grouped_items:
+                rule_counts["grouped_even"] += _even_groups(grouped_items, keep_root)
+            remove = [c for c in range(conv.out_channels) if c not in keep_root]
+            if len(remove) == conv.out_channels:  # only possible with on_empty="keep_one"
+                remove = remove[1:]
+            if align > 1 and not grouped_items:  # keep a few zeroed channels so the width is a multiple of `align`
+                pad = min(len(remove), (-(conv.out_channels - len(remove))) % align)
+                remove = remove[pad:]
+            if remove:
+                plans.append((conv, remove))
+        for conv, remove in plans:
+            report.removed[names.get(conv, "")] = remove
+            pruning_group(graph, conv, remove).prune()
+    except UnsupportedModelError:
+        raise
+    except Exception as exc:
+        raise UnsupportedModelError(f"{type(model).__name__}: Torch-Pruning could not remove the masked channels "
+                                    f"({type(exc).__name__}: {exc}); the masked model itself works, use "
+                                    "modtools.masks.apply_masks instead of extraction") from None
+    report.kept_by_rule = rule_counts
+    for layer in description:
         report.total[layer.name] = int(checked[layer.name].numel()) if layer.name in checked else layer.out_channels
         own = int(checked[layer.name].sum()) if layer.name in checked else layer.out_channels
         report.kept[layer.name] = own
         report.coupled_kept[layer.name] = layer.conv.out_channels - own
+    if verify:
+        _verify(model, checked, net, example)
     return net, report
+
+
+@torch.no_grad()
+def _verify(model: nn.Module, masks: Mapping[str, torch.Tensor], extracted: nn.Module, example: torch.Tensor) -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, *example.shape[1:], generator=g).to(example.device, example.dtype)
+    was = model.training
+    model.eval()
+    try:
+        with apply_masks(model, masks, find_maskable_layers(model, example), on_empty="allow"):
+            ref = model(x)
+    finally:
+        model.train(was)
+    err = float((ref - extracted(x)).abs().max())
+    if not err <= 1e-4 * max(1.0, float(ref.abs().max())):
+        raise UnsupportedModelError(
+            f"extracting {type(model).__name__} is not exact (max |masked − extracted| = {err:.3g}): an operation "
+            "between a masked conv and the layers that read its channels does not map 0 to 0; the masked model "
+            "itself works (modtools.masks.apply_masks)")
 
 
 @torch.no_grad()

@@ -1,9 +1,10 @@
 """One mask machinery for all approaches.
 
-A *maskable layer* is a ``Conv2d``, together with the ``BatchNorm2d`` that directly consumes its
-output when there is one. Gating a layer multiplies its output channels (the BN output, else the
-conv output) by a per-channel value, through a forward hook, so it works on any CNN whatever its
-Python control flow. Four kinds of gate share this hook point:
+A *maskable layer* (:mod:`modtools.layers`) is a ``Conv2d``, together with the ``BatchNorm2d``
+that directly consumes its output when there is one, and the depthwise convs whose channels follow
+its kernels. Gating a layer multiplies its output channels (the BN output, else the conv output)
+by a per-channel value, through a forward hook, so it works on any CNN whatever its Python control
+flow; the same value also gates each follower's output. Four kinds of gate share this hook point:
 
 * :class:`StaticMasks`: one mask per layer (``{layer: (C,)}``); a module is such a set of masks.
 * :class:`StackedMasks`: N masks per layer (``{layer: (N, C)}``); :func:`batched_forward` runs N
@@ -27,104 +28,9 @@ import torch.nn as nn
 from torch.nn.utils import parametrize
 
 from .errors import EmptyMaskError, MaskShapeError, UnknownNameError, UnsupportedModelError
+from .layers import Follower, LayerDescription, MaskableLayer, find_maskable_layers, layer_widths  # noqa: F401
 
 ON_EMPTY = ("raise", "allow")
-
-
-# --------------------------------------------------------------------------------------------
-# Finding the maskable layers
-# --------------------------------------------------------------------------------------------
-
-@dataclass
-class MaskableLayer:
-    """A conv layer whose output channels (kernels) can be gated, and the BN that follows it."""
-
-    name: str
-    conv: nn.Conv2d
-    norm_name: str | None = None
-    norm: nn.BatchNorm2d | None = None
-
-    @property
-    def out_channels(self) -> int:
-        return self.conv.out_channels
-
-    @property
-    def output_module(self) -> nn.Module:
-        """The module whose output is gated: the BN if there is one, else the conv."""
-        return self.norm if self.norm is not None else self.conv
-
-
-def _example_input(model: nn.Module, size: int = 32) -> torch.Tensor:
-    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-    if first is None:
-        raise UnsupportedModelError(f"{type(model).__name__} has no Conv2d layer; supported: CNNs built of nn.Conv2d")
-    p = next(model.parameters())
-    return torch.zeros(1, first.in_channels, size, size, device=p.device, dtype=p.dtype)
-
-
-@torch.no_grad()
-def find_maskable_layers(model: nn.Module, example_input: torch.Tensor | None = None,
-                         exclude: Iterable[str] = (), allow_grouped: bool = False) -> list[MaskableLayer]:
-    """The maskable conv layers of ``model`` in execution order, each with the BN that consumes it.
-
-    A BN is paired with a conv when, in a forward pass on ``example_input`` (default zeros of
-    shape ``1×C×32×32``), its input is exactly that conv's output.
-
-    Args:
-        exclude: conv names to leave out (e.g. a first layer an approach does not gate).
-        allow_grouped: also accept grouped/depthwise convs.
-    """
-    names = {m: n for n, m in model.named_modules()}
-    order: list[nn.Conv2d] = []
-    conv_of_output: dict[int, nn.Conv2d] = {}
-    norm_of: dict[nn.Conv2d, nn.BatchNorm2d] = {}
-
-    def conv_hook(mod, inp, out):
-        if mod not in order:
-            order.append(mod)
-        conv_of_output[id(out)] = mod
-
-    def bn_hook(mod, inp, out):
-        conv = conv_of_output.get(id(inp[0]))
-        if conv is not None and conv not in norm_of:
-            norm_of[conv] = mod
-
-    handles = []
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            handles.append(m.register_forward_hook(conv_hook))
-        elif isinstance(m, nn.BatchNorm2d):
-            handles.append(m.register_forward_hook(bn_hook))
-    was_training = model.training
-    model.eval()
-    try:
-        model(example_input if example_input is not None else _example_input(model))
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
-    exclude = set(exclude)
-    unknown = exclude - {names[c] for c in order}
-    if unknown:
-        raise UnknownNameError(f"exclude names {sorted(unknown)} are not conv layers of {type(model).__name__}; "
-                               f"conv layers: {[names[c] for c in order]}")
-    layers = []
-    for conv in order:
-        if names[conv] in exclude:
-            continue
-        if conv.groups != 1 and not allow_grouped:
-            raise UnsupportedModelError(
-                f"layer {names[conv]} is a grouped conv (groups={conv.groups}); supported: nn.Conv2d with "
-                "groups=1 (pass allow_grouped=True to gate it anyway)")
-        norm = norm_of.get(conv)
-        layers.append(MaskableLayer(names[conv], conv, names.get(norm) if norm is not None else None, norm))
-    if not layers:
-        raise UnsupportedModelError(f"{type(model).__name__} has no maskable Conv2d layer")
-    return layers
-
-
-def layer_widths(layers: list[MaskableLayer]) -> dict[str, int]:
-    return {layer.name: layer.out_channels for layer in layers}
 
 
 # --------------------------------------------------------------------------------------------
@@ -213,21 +119,27 @@ def binarize_ste(score: torch.Tensor) -> torch.Tensor:
 class ChannelGating:
     """Installs a forward hook on each layer's output module that multiplies the output by the gate.
 
-    ``gate(layer, out, x_in)`` returns a tensor broadcastable to ``out`` (or ``out`` reshaped by
-    the gate itself); ``x_in`` is the conv's input when ``needs_input`` is set, else ``None``.
-    Use as a context manager or call :meth:`remove`.
+    ``gate(layer, out, x_in)`` returns the gated output (``out`` times a tensor broadcastable to
+    it, or reshaped by the gate itself); ``x_in`` is the conv's input when ``needs_input`` is set,
+    else ``None``. ``follow(layer, out)``, when given, gates the output of each of the layer's
+    followers (depthwise convs whose channels are the layer's kernels) the same way; a gate that
+    only observes outputs passes none. Use as a context manager or call :meth:`remove`.
     """
 
     def __init__(self, model: nn.Module, layers: list[MaskableLayer],
                  gate: Callable[[MaskableLayer, torch.Tensor, torch.Tensor | None], torch.Tensor],
-                 needs_input: bool = False):
-        self.model, self.layers, self.gate = model, layers, gate
+                 needs_input: bool = False,
+                 follow: Callable[[MaskableLayer, torch.Tensor], torch.Tensor] | None = None):
+        self.model, self.layers, self.gate, self.follow = model, layers, gate, follow
         self._inputs: dict[str, torch.Tensor] = {}
         self._handles = []
         for layer in layers:
             if needs_input:
                 self._handles.append(layer.conv.register_forward_pre_hook(self._stash(layer)))
             self._handles.append(layer.output_module.register_forward_hook(self._apply(layer)))
+            if follow is not None:
+                for follower in getattr(layer, "followers", ()):
+                    self._handles.append(follower.output_module.register_forward_hook(self._apply_follower(layer)))
 
     def _stash(self, layer):
         def hook(mod, inp):
@@ -237,6 +149,11 @@ class ChannelGating:
     def _apply(self, layer):
         def hook(mod, inp, out):
             return self.gate(layer, out, self._inputs.pop(layer.name, None))
+        return hook
+
+    def _apply_follower(self, layer):
+        def hook(mod, inp, out):
+            return self.follow(layer, out)
         return hook
 
     def remove(self) -> None:
@@ -264,8 +181,11 @@ class StaticMasks:
         m = self.masks[layer.name].to(device=out.device, dtype=out.dtype)
         return out * m.view(1, -1, *([1] * (out.ndim - 2)))
 
+    def follow(self, layer, out):
+        return self(layer, out, None)
+
     def install(self, model: nn.Module) -> ChannelGating:
-        return ChannelGating(model, self.layers, self)
+        return ChannelGating(model, self.layers, self, follow=self.follow)
 
 
 def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor], layers: list[MaskableLayer] | None = None,
@@ -311,6 +231,11 @@ class StackedMasks:
             out = out.unsqueeze(0).expand(self.n, *out.shape).reshape(self.n * out.shape[0], *out.shape[1:])
             if layer.name not in self.masks:
                 return out
+        return self.follow(layer, out)
+
+    def follow(self, layer, out):
+        if layer.name not in self.masks:
+            return out
         m = self.masks[layer.name].to(device=out.device, dtype=out.dtype)
         nb = out.shape[0]
         if nb % self.n:
@@ -320,7 +245,7 @@ class StackedMasks:
         return (shaped * m.view(self.n, 1, -1, *([1] * (out.ndim - 2)))).view_as(out)
 
     def install(self, model: nn.Module) -> ChannelGating:
-        return ChannelGating(model, self.layers, self)
+        return ChannelGating(model, self.layers, self, follow=self.follow)
 
 
 def batched_forward(model: nn.Module, x: torch.Tensor, masks: Mapping[str, torch.Tensor],
@@ -390,8 +315,13 @@ class InputGates(nn.Module):
         self.last[layer.name] = g
         return out * g.view(*g.shape, *([1] * (out.ndim - 2)))
 
+    def follow_gate(self, layer: MaskableLayer, out: torch.Tensor) -> torch.Tensor:
+        """A follower's output takes the gates its layer computed in this pass."""
+        g = self.last[layer.name]
+        return out * g.view(*g.shape, *([1] * (out.ndim - 2)))
+
     def install(self, model: nn.Module) -> ChannelGating:
-        return ChannelGating(model, self.layers, self.apply_gate, needs_input=True)
+        return ChannelGating(model, self.layers, self.apply_gate, needs_input=True, follow=self.follow_gate)
 
 
 def _key(name: str) -> str:

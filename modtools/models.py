@@ -264,6 +264,8 @@ def resnet20(in_channels: int = 3, num_classes: int = 10, width: float = 1.0) ->
 def _torchvision_model(name: str, in_channels: int = 3, num_classes: int = 10, width: float = 1.0,
                        **kwargs) -> nn.Module:
     import torchvision
+    if name in ("googlenet", "inception_v3"):  # plain classifiers: no auxiliary heads, no init warning
+        kwargs = {"aux_logits": False, "init_weights": True, **kwargs}
     if width != 1.0:
         raise ValueError(f"torchvision model {name!r} has no width multiplier; got width={width}, allowed: 1.0")
     try:
@@ -307,10 +309,55 @@ def build_model(name: str, **kwargs) -> nn.Module:
     return model
 
 
+PYTHON_PREFIX = "python:"
+
+
 def build_from_config(config: dict) -> nn.Module:
-    """Rebuild an architecture from the ``{"arch": name, **kwargs}`` that :func:`model_config` returns."""
+    """Rebuild an architecture from the ``{"arch": name, **kwargs}`` that :func:`architecture` returns.
+
+    A user's own class (``"arch": "python:package.module:Class"``) is imported and called with its
+    recorded ``init_args``; when none were recorded it cannot be rebuilt, and
+    :class:`~modtools.errors.UnknownNameError` says to pass the model instance instead.
+    """
+    arch = config["arch"]
+    if arch.startswith(PYTHON_PREFIX):
+        init_args = config.get("init_args")
+        if init_args is None:
+            raise UnknownNameError(
+                f"architecture {arch!r} is a model class of your own whose constructor arguments were not recorded "
+                "(set model.modtools_init_args = {...} before making modules to record them); pass the source "
+                "model instance, e.g. Module.load(folder, model=YourCNN(...))")
+        import importlib
+
+        module_name, _, qualname = arch[len(PYTHON_PREFIX):].partition(":")
+        try:
+            obj = importlib.import_module(module_name)
+            for part in qualname.split("."):
+                obj = getattr(obj, part)
+        except (ImportError, AttributeError) as exc:
+            raise UnknownNameError(f"cannot import the model class of architecture {arch!r} ({exc}); pass the "
+                                   "source model instance to Module.load(folder, model=...)") from None
+        model = obj(**init_args)
+        model.modtools_init_args = dict(init_args)
+        return model
     kwargs = {k: v for k, v in config.items() if k != "arch"}
-    return build_model(config["arch"], **kwargs)
+    return build_model(arch, **kwargs)
+
+
+def architecture(model: nn.Module) -> dict:
+    """What can be recorded of a model's architecture: ``{"arch": name, **kwargs}`` for a model built by
+    :func:`build_model`; for any other ``nn.Module``, its class's import path
+    (``"python:module:Class"``) and, when the model carries ``modtools_init_args``, its constructor
+    arguments."""
+    cfg = getattr(model, "modtools_config", None)
+    if cfg is not None:
+        return copy.deepcopy(cfg)
+    cls = type(model)
+    out = {"arch": f"{PYTHON_PREFIX}{cls.__module__}:{cls.__qualname__}"}
+    init_args = getattr(model, "modtools_init_args", None)
+    if init_args is not None:
+        out["init_args"] = copy.deepcopy(dict(init_args))
+    return out
 
 
 def model_config(model: nn.Module) -> dict:

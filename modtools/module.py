@@ -34,24 +34,24 @@ from .extract import extract
 from .heads import build_head
 from .io import atomic_write_json, load_tensors, read_json, save_tensors, state_hash
 from .metrics import kernel_retention
-from .models import build_from_config, model_config
+from .models import architecture, build_from_config
 
 CARD_VERSION = 1
 
 
 def source_identity(model: nn.Module, input_shape: Sequence[int], dataset: str = "") -> dict:
-    """What identifies a source model: build config, weights hash, input shape, parameter shapes."""
-    return {"arch": model_config(model)["arch"], "config": model_config(model), "sha256": state_hash(model),
+    """What identifies a source model: its architecture (a zoo name and build arguments, or the import
+    path of a model class of your own and its constructor arguments where known), the SHA-256 of its
+    weights, the input shape and the parameter shapes."""
+    arch = architecture(model)
+    return {"arch": arch["arch"], "config": arch, "sha256": state_hash(model),
             "input_shape": list(input_shape), "dataset": dataset,
             "shapes": {k: list(v.shape) for k, v in model.state_dict().items()}}
 
 
 def check_source(model: nn.Module, source: dict, where: str = "module") -> None:
     """Raise :class:`ModuleMismatchError` unless ``model`` is the source model described by ``source``."""
-    try:
-        cfg = model_config(model)
-    except Exception:
-        cfg = {"arch": type(model).__name__}
+    cfg = architecture(model)
     if cfg != source["config"]:
         diff = next(k for k in sorted(set(cfg) | set(source["config"])) if cfg.get(k) != source["config"].get(k))
         raise ModuleMismatchError(f"{where} was made from {source['config']} but the model is {cfg}; "
@@ -171,10 +171,16 @@ class Module:
              device: str | torch.device = "cpu") -> "Module":
         """Load a module folder; with ``model``, also check that it is the module's source model.
 
+        The network is rebuilt from ``model`` when given, else from the card's architecture (a zoo
+        name, or a class of your own whose constructor arguments were recorded); the masks are
+        extracted again and must remove the channels the card records.
+
         Raises:
             CheckpointError: missing/corrupt card or weights, hash mismatch.
-            ModuleMismatchError: weights that do not fit the recorded architecture, or a ``model``
-                that is not the source model.
+            ModuleMismatchError: weights that do not fit the recorded architecture, a ``model``
+                that is not the source model, or an extraction that differs from the recorded one.
+            UnknownNameError: no ``model`` is given and the architecture cannot be rebuilt (a class
+                of your own whose constructor arguments were not recorded); the message says so.
         """
         folder = Path(folder)
         card_path = folder / "card.json"
@@ -189,12 +195,20 @@ class Module:
             check_source(model, source, where=f"module {folder}")
         tensors = load_tensors(folder / card["weights"]["file"], card["weights"]["sha256"])
         masks = {k[5:]: v.bool() for k, v in tensors.items() if k.startswith("mask.")}
-        with torch.random.fork_rng(devices=[]):
-            skeleton = build_from_config(source["config"])
+        if model is not None:
+            skeleton = model
+        else:
+            with torch.random.fork_rng(devices=[]):
+                skeleton = build_from_config(source["config"])
         recorded = card.get("extraction", {})
-        network, _ = extract(skeleton, {k: v.float() for k, v in masks.items()},
-                             on_empty=recorded.get("on_empty", "raise"), image_size=int(source["input_shape"][-1]),
-                             align=int(recorded.get("align", 1)))
+        network, report = extract(skeleton, {k: v.float() for k, v in masks.items()},
+                                  on_empty=recorded.get("on_empty", "raise"), image_size=int(source["input_shape"][-1]),
+                                  align=int(recorded.get("align", 1)))
+        if "removed" in recorded and report.removed != recorded["removed"]:
+            diff = next(k for k in sorted(set(report.removed) | set(recorded["removed"]))
+                        if report.removed.get(k) != recorded["removed"].get(k))
+            raise ModuleMismatchError(f"{folder}: extracting the recorded masks again removes other channels of "
+                                      f"{diff!r} than the card records; the model or Torch-Pruning version differs")
         net_state = {k[8:]: v for k, v in tensors.items() if k.startswith("network.")}
         _load_strict(network, net_state, folder)
         head = build_head(card["head"])
@@ -215,4 +229,8 @@ def _load_strict(module: nn.Module, state: dict, folder: Path) -> None:
         if tuple(own[k].shape) != tuple(state[k].shape):
             raise ModuleMismatchError(f"{folder}: {k!r} has shape {tuple(state[k].shape)} in the file but the "
                                       f"architecture rebuilt from the card needs {tuple(own[k].shape)}")
+    from collections import OrderedDict
+
+    state = OrderedDict(state)
+    state._metadata = getattr(own, "_metadata", None)  # some modules check their version (torchvision MNASNet)
     module.load_state_dict(state)

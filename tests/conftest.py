@@ -13,6 +13,21 @@ ZOO = ["simcnn", "simcnn_cnnsplitter", "rescnn", "rescnn_cnnsplitter", "incecnn"
 ALL_ARCHS = ZOO + ["tv:resnet18"]
 
 
+def pytest_collection_modifyitems(config, items):
+    """Without ``-m zoo``, the zoo test runs one torchvision model per family (``compat.REPRESENTATIVE``)."""
+    if "zoo" in (config.getoption("markexpr") or ""):
+        return
+    from modtools.compat import REPRESENTATIVE
+
+    keep, drop = [], []
+    for item in items:
+        name = getattr(getattr(item, "callspec", None), "params", {}).get("name")
+        (drop if item.get_closest_marker("zoo") and name not in REPRESENTATIVE else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
 @pytest.fixture(autouse=True)
 def no_network(monkeypatch):
     """Tests never reach the network: connecting a socket to a non-loopback address fails."""

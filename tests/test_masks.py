@@ -106,13 +106,6 @@ def test_unknown_layer_name_raises():
         apply_masks(model, {"nope": torch.ones(3)})
 
 
-def test_grouped_conv_is_unsupported_unless_allowed():
-    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Conv2d(8, 8, 3, groups=8))
-    with pytest.raises(UnsupportedModelError, match="grouped conv"):
-        find_maskable_layers(model)
-    assert len(find_maskable_layers(model, allow_grouped=True)) == 2
-
-
 def test_input_gates_scale_per_sample_and_record():
     model = tiny_model("resnet20")
     layers = find_maskable_layers(model)[1:]
