@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .errors import UnknownNameError
+from .errors import ParameterError, UnknownNameError
 from .runner import PROFILES, NotebookFailed, list_notebooks, notebook_parameters, parse_value, run_notebook
 
 
@@ -61,9 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (UnknownNameError, NotebookFailed) as exc:
+    except (UnknownNameError, ParameterError, NotebookFailed) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2 if isinstance(exc, UnknownNameError) else 1
+        return 1 if isinstance(exc, NotebookFailed) else 2
 
 
 if __name__ == "__main__":

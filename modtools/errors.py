@@ -19,6 +19,10 @@ class UnknownNameError(ValueError):
     """A name (data set, architecture, profile, notebook, parameter) is not registered."""
 
 
+class ParameterError(ValueError):
+    """A notebook parameter has a value of the wrong type or out of range."""
+
+
 class DatasetNotFoundError(FileNotFoundError):
     """A data set's files are missing and no download was attempted (or allowed)."""
 
@@ -41,6 +45,12 @@ class CheckpointError(RuntimeError):
 
 class UnsupportedModelError(NotImplementedError):
     """A model contains layers the mask machinery or extraction cannot handle."""
+
+
+def check_range(name: str, value, ok: bool, allowed: str) -> None:
+    """Raise ``ValueError`` naming ``name``, its ``value`` and what is ``allowed`` unless ``ok``."""
+    if not ok:
+        raise ValueError(f"{name}={value!r} is out of range; allowed: {allowed}")
 
 
 def check_classes(classes, num_classes: int, dataset: str = "", what: str = "classes") -> list[int]:

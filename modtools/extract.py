@@ -34,8 +34,7 @@ import torch
 import torch.nn as nn
 
 from .errors import EmptyMaskError, UnknownNameError, UnsupportedModelError
-from .layers import (CHANNEL_NORMS, MaskableLayer, default_input, dependency_graph, find_maskable_layers, is_depthwise,
-                     pruning_group)
+from .layers import CHANNEL_NORMS, MaskableLayer, default_input, find_maskable_layers, is_depthwise, pruning_group
 from .masks import apply_masks, check_mask
 
 EXTRACT_ON_EMPTY = ("raise", "keep_one")
@@ -63,32 +62,6 @@ class ExtractionReport:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def _conv_pruner():
-    from torch_pruning.pruner.function import ConvPruner
-
-    class _GroupedConvPruner(ConvPruner):
-        """Torch-Pruning's conv pruner, except that the input channels of a grouped conv may be
-        removed at any positions as long as every group loses the same number (Torch-Pruning's own
-        assumes the same positions in every group)."""
-
-        def prune_in_channels(self, layer, idxs):
-            if layer.groups == 1:
-                return super().prune_in_channels(layer, idxs)
-            g, drop = layer.groups, set(int(i) for i in idxs)
-            ipg, opg = layer.in_channels // g, layer.out_channels // g
-            keep = [[i - j * ipg for i in range(j * ipg, (j + 1) * ipg) if i not in drop] for j in range(g)]
-            if len({len(k) for k in keep}) != 1:
-                raise UnsupportedModelError(f"uneven removal from the groups of a grouped conv ({layer}); "
-                                            "this is a modtools bug, please report it")
-            w = layer.weight.data
-            new = torch.cat([w[j * opg:(j + 1) * opg][:, keep[j]] for j in range(g)])
-            layer.weight = nn.Parameter(new, requires_grad=layer.weight.requires_grad)
-            layer.in_channels -= len(drop)
-            return layer
-
-    return _GroupedConvPruner()
 
 
 @torch.no_grad()
@@ -197,7 +170,7 @@ def extract(model: nn.Module, masks: Mapping[str, torch.Tensor], on_empty: str =
                 paired_norms.add(norm)
     names = {m: n for n, m in net.named_modules()}
     try:
-        graph = dependency_graph(net, example, conv_pruner=_conv_pruner())
+        graph = description.graph
         plans: list[tuple[nn.Conv2d, list[int]]] = []
         seen: set[int] = set()
         rule_counts = {"bn_after_merge": 0, "unmasked_reader": 0, "grouped_even": 0}

@@ -42,7 +42,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import data as D
-from .errors import check_classes
+from .errors import check_classes, check_range
 from .masks import MaskableLayer, batched_forward, binarize_ste, channels_last_on_cpu, find_maskable_layers
 from .metrics import classification_report
 from .module import Module
@@ -103,6 +103,13 @@ class GradSplitterConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.cycle_mask + self.cycle_head == 0 and self.cycle_epochs > 0:
             raise ValueError("cycle_mask + cycle_head must be positive when cycle_epochs > 0")
+        for name in ("lr_head", "lr_head_later", "lr_mask"):
+            check_range(name, getattr(self, name), getattr(self, name) > 0, "a number > 0")
+        check_range("alpha", self.alpha, self.alpha >= 0, "a number >= 0")
+        check_range("batch_size", self.batch_size, self.batch_size >= 1, "an integer >= 1")
+        check_range("select_tolerance", self.select_tolerance, self.select_tolerance >= 0, "a number >= 0")
+        check_range("head_hidden", self.head_hidden, self.head_hidden >= 1, "an integer >= 1")
+        check_range("chunk", self.chunk, self.chunk is None or self.chunk >= 1, "None or an integer >= 1")
 
 
 def phase_sequence(cfg: GradSplitterConfig) -> list[str]:

@@ -250,6 +250,32 @@ def dependency_graph(model: nn.Module, x: torch.Tensor, conv_pruner=None):
             p.requires_grad_(f)
 
 
+def grouped_conv_pruner():
+    from torch_pruning.pruner.function import ConvPruner
+
+    class _GroupedConvPruner(ConvPruner):
+        """Torch-Pruning's conv pruner, except that the input channels of a grouped conv may be
+        removed at any positions as long as every group loses the same number (Torch-Pruning's own
+        assumes the same positions in every group)."""
+
+        def prune_in_channels(self, layer, idxs):
+            if layer.groups == 1:
+                return super().prune_in_channels(layer, idxs)
+            g, drop = layer.groups, set(int(i) for i in idxs)
+            ipg, opg = layer.in_channels // g, layer.out_channels // g
+            keep = [[i - j * ipg for i in range(j * ipg, (j + 1) * ipg) if i not in drop] for j in range(g)]
+            if len({len(k) for k in keep}) != 1:
+                raise UnsupportedModelError(f"uneven removal from the groups of a grouped conv ({layer}); "
+                                            "this is a modtools bug, please report it")
+            w = layer.weight.data
+            new = torch.cat([w[j * opg:(j + 1) * opg][:, keep[j]] for j in range(g)])
+            layer.weight = nn.Parameter(new, requires_grad=layer.weight.requires_grad)
+            layer.in_channels -= len(drop)
+            return layer
+
+    return _GroupedConvPruner()
+
+
 def pruning_group(graph, conv: nn.Conv2d, idxs: list[int] | None = None):
     """The dependency group that removing ``idxs`` (default: all) of ``conv``'s output channels touches."""
     fn = graph.get_pruner_of_module(conv).prune_out_channels
@@ -299,7 +325,7 @@ def find_maskable_layers(model: nn.Module, example_input: torch.Tensor | None = 
         x = example_input if example_input is not None else default_input(model)
         cached = (key, (tuple(x.shape), x.device.type), _describe(model, x))
         _CACHE[model] = cached
-    order, norm_of, excluded, leader_of, names = cached[2]
+    order, norm_of, excluded, leader_of, names, graph = cached[2]
     unknown = set(exclude) - {names[c] for c in order}
     if unknown:
         raise UnknownNameError(f"exclude names {sorted(unknown)} are not conv layers of {type(model).__name__}; "
@@ -326,7 +352,9 @@ def find_maskable_layers(model: nn.Module, example_input: torch.Tensor | None = 
         reasons = "; ".join(f"{k}: {v}" for k, v in list(excluded.items())[:3])
         raise UnsupportedModelError(f"{type(model).__name__} has no maskable conv layer ({reasons}); supported: "
                                     "CNNs whose conv channels are followed by BatchNorm or nothing")
-    return LayerDescription(layers.values(), excluded, followers)
+    description = LayerDescription(layers.values(), excluded, followers)
+    description.graph = graph   # Torch-Pruning's dependency graph of the model (extraction prunes through it)
+    return description
 
 
 def _describe(model: nn.Module, x: torch.Tensor):
@@ -357,7 +385,7 @@ def _describe_eval(model: nn.Module, x: torch.Tensor):
             "in ShuffleNet's channel shuffle, permutes channels in a way that kernel masks cannot follow; "
             "supported: convs (plain, grouped, depthwise), BatchNorm, element-wise activations, pooling, "
             "additions, multiplications, concatenations and flatten")
-    graph = dependency_graph(model, x)
+    graph = dependency_graph(model, x, conv_pruner=grouped_conv_pruner())
     excluded: dict[str, str] = {}
     leader_of: dict[nn.Conv2d, nn.Conv2d] = {}
     rank = {c: i for i, c in enumerate(order)}
@@ -388,7 +416,7 @@ def _describe_eval(model: nn.Module, x: torch.Tensor):
             if leaders:
                 leader_of[conv] = leaders[0]
     # a leader that is itself excluded takes its followers with it (handled by the caller)
-    return order, norm_of, excluded, leader_of, names
+    return order, norm_of, excluded, leader_of, names, graph
 
 
 def layer_widths(layers: list[MaskableLayer]) -> dict[str, int]:

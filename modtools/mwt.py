@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import data as D
-from .errors import EmptyMaskError, check_classes
+from .errors import EmptyMaskError, check_classes, check_range
 from .masks import InputGates, MaskableLayer, find_maskable_layers
 from .models import build_model
 from .module import Module
@@ -59,6 +59,14 @@ class MwTConfig:
             raise ValueError(f"on_empty={self.on_empty!r} is not allowed; use one of {ON_EMPTY}")
         if not 0.0 < self.threshold <= 1.0:
             raise ValueError(f"threshold must be in (0, 1], got {self.threshold}")
+        for name in ("alpha", "beta", "weight_decay"):
+            check_range(name, getattr(self, name), getattr(self, name) >= 0, "a number >= 0")
+        for name in ("lr", "finetune_lr"):
+            check_range(name, getattr(self, name), getattr(self, name) > 0, "a number > 0")
+        check_range("epochs", self.epochs, self.epochs >= 1, "an integer >= 1")
+        check_range("finetune_epochs", self.finetune_epochs, self.finetune_epochs >= 0, "an integer >= 0")
+        check_range("batch_size", self.batch_size, self.batch_size >= 1, "an integer >= 1")
+        check_range("val_fraction", self.val_fraction, 0 < self.val_fraction < 1, "0 < val_fraction < 1")
 
     def fit_config(self) -> FitConfig:
         return FitConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, momentum=0.9, nesterov=True,

@@ -77,6 +77,28 @@ PROFILE_VALUES.update({
 })
 
 
+#: The config dataclasses each notebook builds from its parameters (same field names); the runner
+#: builds them before a kernel starts so that their range checks reject bad values early.
+NOTEBOOK_CONFIGS: dict[str, list[str]] = {
+    "00_quickstart": ["modtools.train:FitConfig", "modtools.baseline:BaselineConfig"],
+    "10_train_models": ["modtools.train:FitConfig"],
+    "30_gradsplitter_modularize": ["modtools.train:FitConfig", "modtools.gradsplitter:GradSplitterConfig"],
+    "31_gradsplitter_compose": ["modtools.train:FitConfig", "modtools.gradsplitter:GradSplitterConfig"],
+    "32_gradsplitter_new_task": ["modtools.train:FitConfig", "modtools.gradsplitter:GradSplitterConfig"],
+    "40_mwt_modular_training": ["modtools.mwt:MwTConfig"],
+    "41_mwt_threshold_sweep": ["modtools.mwt:MwTConfig"],
+    "42_mwt_subtask_reuse": ["modtools.mwt:MwTConfig"],
+}
+
+#: Parameters holding class ids: name → the data set parameter they index (a pair of data set
+#: parameters for tasks that mix two sources, ``[[classes of a], [classes of b]]`` per task).
+CLASS_PARAMETERS: dict[str, dict] = {
+    "00_quickstart": {"target_class": "dataset"},
+    "32_gradsplitter_new_task": {"tasks": ("source_a", "source_b")},
+    "42_mwt_subtask_reuse": {"subtasks": "dataset"},
+}
+
+
 def profile_parameters(notebook: str, profile: str) -> dict:
     """The values ``profile`` sets for ``notebook`` (empty for ``quick`` and unknown notebooks)."""
     return dict(PROFILE_VALUES.get(notebook, {}).get(profile, {}))

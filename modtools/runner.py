@@ -80,7 +80,9 @@ def resolve_parameters(name: str, profile: str = "quick", overrides: Mapping[str
     Raises:
         UnknownNameError: unknown profile, or parameter names the notebook does not declare
             (the message lists the allowed names).
+        ParameterError: values of the wrong type or out of range (:mod:`modtools.checks`).
     """
+    from .checks import check_values
     from .profiles import profile_parameters
 
     if profile not in PROFILES:
@@ -93,6 +95,7 @@ def resolve_parameters(name: str, profile: str = "quick", overrides: Mapping[str
         raise UnknownNameError(f"notebook {Path(name).stem} has no parameter(s) {', '.join(unknown)}; "
                                f"allowed: {', '.join(allowed)}")
     stem = Path(name).stem
+    check_values(stem, params, allowed)
     if "profile" in allowed:
         params["profile"] = profile
     if "run_dir" in allowed:

@@ -25,6 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import data as D
+from .errors import check_range
 from .io import atomic_write_json, config_hash, load_tensors, read_json, save_tensors
 from .models import build_model
 
@@ -79,6 +80,10 @@ class FitConfig:
             raise ValueError(f"schedule={self.schedule!r} is not supported; use one of {SCHEDULES}")
         if self.epochs < 1:
             raise ValueError(f"epochs must be at least 1, got {self.epochs}")
+        check_range("lr", self.lr, self.lr > 0, "a number > 0")
+        check_range("batch_size", self.batch_size, self.batch_size >= 1, "an integer >= 1")
+        check_range("weight_decay", self.weight_decay, self.weight_decay >= 0, "a number >= 0")
+        check_range("momentum", self.momentum, 0 <= self.momentum < 1, "0 <= momentum < 1")
         self.milestones = tuple(self.milestones)
 
 

@@ -235,3 +235,34 @@ def test_gradsplitter_runs_on_a_users_own_model(tiny_data):
     assert set(result.masks) == {"stem.0", "pw.0"}
     module = G.to_module(model, result, 1, tr)
     assert module.source["arch"].endswith(":SeparableCNN") and module.extraction["layers"]["followers"]
+
+
+def test_mwt_gates_a_depthwise_separable_network():
+    from modtools import mwt as W
+    from modtools.models import build_model
+
+    torch.manual_seed(0)
+    gated = W.GatedModel(trained_like(build_model("tv:mobilenet_v3_small", in_channels=1, num_classes=4)))
+    layers = find_maskable_layers(gated.plain_backbone(), torch.zeros(1, 1, 32, 32))
+    assert [layer.name for layer in gated.layers] == [layer.name for layer in layers][1:]
+    assert any(layer.followers for layer in gated.layers)
+    gated.train()
+    x, y = torch.rand(4, 1, 32, 32), torch.tensor([0, 1, 2, 3])
+    logits = gated(x)
+    extra, parts = W.mwt_loss()(gated, x, y, logits)
+    (torch.nn.functional.cross_entropy(logits, y) + extra).backward()
+    assert all(p.grad is not None for p in gated.gates.parameters())
+    follower_layer = next(layer for layer in gated.layers if layer.followers)
+    seen = {}
+    hook = follower_layer.followers[0].output_module.register_forward_hook(lambda m, i, o: seen.setdefault("out", o))
+    gated.eval()
+    with torch.no_grad():
+        gated.gates.nets[follower_layer.name.replace(".", "__")].fc2.bias.fill_(-100.0)   # close every gate
+        gated(x)
+    hook.remove()
+    assert (gated.gates.last[follower_layer.name] == 0).all()
+    assert (seen["out"] == 0).all()   # the closed gates also zero the follower's output (after its BN)
+    backbone = gated.plain_backbone()
+    masks = random_masks(gated.layers, 0.5, seed=2)
+    small, _ = extract(backbone, masks)
+    assert extraction_error(backbone, masks, small, torch.rand(2, 1, 32, 32)) <= 1e-5

@@ -61,3 +61,54 @@ def test_config_from_takes_matching_names():
     cfg = runner.config_from(MwTConfig, {"arch": "resnet20", "epochs": 3, "run_dir": "x", "profile": "smoke"},
                              threshold=0.5)
     assert cfg.arch == "resnet20" and cfg.epochs == 3 and cfg.threshold == 0.5
+
+
+@pytest.mark.parametrize("overrides, match", [
+    ({"target_class": 42}, r"target_class=42.*out of range.*0\.\.9"),
+    ({"keep_fraction": 1.5}, r"keep_fraction must be in \(0, 1\], got 1\.5"),
+    ({"keep_fraction": "lots"}, r"keep_fraction='lots' has type str; allowed: a number"),
+    ({"epochs": 2.5}, r"epochs=2\.5 has type float; allowed: an integer"),
+    ({"epochs": -1}, r"epochs=-1 is out of range; allowed: an integer >= 0"),
+    ({"dataset": "imagenet"}, r"dataset='imagenet' is not a data set; allowed: fashion-mnist"),
+    ({"arch": "resnet999"}, r"arch='resnet999' is not an architecture"),
+    ({"device": "tpu"}, r"device='tpu' is not a device"),
+    ({"schedule": "sometimes"}, r"schedule='sometimes' is not supported"),
+    ({"augment": 1}, r"augment=1 has type int; allowed: True or False"),
+])
+def test_bad_parameter_values_rejected_before_a_kernel_starts(tmp_path, monkeypatch, overrides, match):
+    import papermill
+
+    from modtools.errors import ParameterError
+
+    monkeypatch.setattr(papermill, "execute_notebook", lambda *a, **k: pytest.fail("a kernel was started"))
+    with pytest.raises(ParameterError, match=match):
+        runner.run_notebook("00_quickstart", "quick", overrides, run_dir=tmp_path / "run")
+    assert not (tmp_path / "run" / "00_quickstart.ipynb").exists()
+
+
+def test_values_of_other_notebooks_are_checked_too(monkeypatch):
+    from modtools.errors import ParameterError
+
+    with pytest.raises(ParameterError, match=r"tasks\[0\].*class id 12.*0\.\.9"):
+        runner.resolve_parameters("32_gradsplitter_new_task", "quick", {"tasks": [[[0, 1], [12]]]})
+    with pytest.raises(ParameterError, match=r"tasks\[0\]=\[0, 1\] must be a list of 2 class lists"):
+        runner.resolve_parameters("32_gradsplitter_new_task", "quick", {"tasks": [[0, 1]]})
+    with pytest.raises(ParameterError, match=r"subtasks\[1\].*twice"):
+        runner.resolve_parameters("42_mwt_subtask_reuse", "quick", {"subtasks": [[0, 1], [2, 2]]})
+    with pytest.raises(ParameterError, match=r"MwTConfig: beta=-1.0 is out of range"):
+        runner.resolve_parameters("40_mwt_modular_training", "quick", {"beta": -1.0})
+    with pytest.raises(ParameterError, match=r"GradSplitterConfig: init='zeros' is not allowed"):
+        runner.resolve_parameters("30_gradsplitter_modularize", "quick", {"init": "zeros"})
+    assert runner.resolve_parameters("00_quickstart", "quick", {"per_class": None})["per_class"] is None
+
+
+def test_every_profile_passes_the_value_checks():
+    for notebook in runner.list_notebooks():
+        for profile in runner.PROFILES:
+            runner.resolve_parameters(notebook, profile)
+
+
+def test_cli_rejects_a_bad_value_with_exit_code_2(capsys):
+    assert main(["run", "00_quickstart", "-p", "keep_fraction", "lots"]) == 2
+    err = capsys.readouterr().err
+    assert "keep_fraction='lots'" in err and "TypeError" not in err
