@@ -12,6 +12,10 @@ peak memory of each run. A figure of accuracy and KRR against steps goes next to
 architecture, batch and threads; target ratio ≤ 1.10), the time and memory to collect the gates of
 a whole training set, and the cohesion computation for 2,000 samples of one class.
 
+``seam``: seconds per SeaM re-engineering step against a plain training step of the same model
+(ResNet-20 and VGG16, batch 64; target ratio ≤ 1.0), and the latency of the original, the zeroed
+dense and the extracted model for weight masks that keep 10 % of the weights.
+
 ``extract``: for each zoo architecture and random kernel masks keeping 25/50/75 % of each layer,
 the MAC ratio, parameter ratio, measured CPU latency ratio at batch 64 and batch 1 (extracted /
 full), and the max |masked − extracted| output difference. Target: at batch 64 the latency ratio
@@ -130,6 +134,76 @@ def bench_mwt(arch: str = "resnet20", width: float = 1.0, batch_size: int = 128,
             "modularization_seconds": stats.seconds, "gate_store_bytes": stats.on.numel(),
             "peak_rss_increase_bytes": max(0, rss1 - rss0) * 1024, "cohesion_samples": cohesion_samples,
             "cohesion_seconds": cohesion_s, "krr_at_0.9": W.krr(u)}
+
+
+def bench_seam(archs: tuple = (("resnet20", 1.0), ("vgg16", 0.5)), batch_size: int = 64, steps: int = 8,
+               image_size: int = 32, seed: int = 0) -> dict:
+    """SeaM: seconds per re-engineering step (masked forward, CE + α·WRR, backward into the scores,
+    Adam) against a plain training step of the same model (SGD on all weights), interleaved, and the
+    latency of the original, zeroed dense and extracted models for masks that keep 10 % of the weights.
+    Target: step ratio <= 1.0."""
+    import statistics
+
+    import torch.nn.functional as F
+
+    from . import seam as S
+
+    rows = []
+    x = torch.rand(batch_size, 3, image_size, image_size)
+    y = torch.randint(0, 10, (batch_size,))
+    yb = (y == 0).long()
+    for arch, width in archs:
+        torch.manual_seed(seed)
+        plain = build_model(arch, num_classes=10, width=width)
+        source = build_model(arch, num_classes=10, width=width).eval()
+        problem = S.target_problem(0, [str(i) for i in range(10)])
+        engine = S.Reengineer(source, problem, S.SeaMConfig(), (3, image_size, image_size), "cpu")
+        opt_plain = torch.optim.SGD(plain.parameters(), lr=0.01, momentum=0.9)
+        opt_mask = torch.optim.Adam([{"params": engine.mask_params, "lr": 0.05},
+                                     {"params": engine.head.parameters(), "lr": 0.1}])
+        times = {"plain": [], "reengineer": []}
+        for i in range(steps + 2):
+            t0 = time.perf_counter()
+            plain.train()
+            loss = F.cross_entropy(plain(x), y)
+            opt_plain.zero_grad(set_to_none=True)
+            loss.backward()
+            opt_plain.step()
+            t1 = time.perf_counter()
+            engine.refresh_alive()
+            loss = F.cross_entropy(engine.forward(x), yb) + engine.retention()
+            opt_mask.zero_grad(set_to_none=True)
+            loss.backward()
+            opt_mask.step()
+            t2 = time.perf_counter()
+            if i >= 2:
+                times["plain"].append(t1 - t0)
+                times["reengineer"].append(t2 - t1)
+        engine.gating.remove()
+        plain_s, re_s = statistics.median(times["plain"]), statistics.median(times["reengineer"])
+        g = torch.Generator().manual_seed(seed)
+        masks = {k: torch.rand(v.shape, generator=g) < 0.1 for k, v in engine.weights.scores().items()}
+        result = S.SeaMResult(masks, {"1.weight": torch.zeros(2, 10), "1.bias": torch.zeros(2)}, [{"wrr": 0.1}], 1,
+                              True, 0.0, problem, {"kernel_level": False}, 10)
+        module = S.to_module(source, result, _shape_only(image_size))
+        costs = S.cost_report(source, result, module, (3, image_size, image_size), batch_size, repeats=5)
+        rows.append({"arch": arch, "width": width, "step_seconds_plain": plain_s, "step_seconds_reengineer": re_s,
+                     "step_ratio": re_s / plain_s, "meets_target": re_s / plain_s <= 1.0,
+                     "random_10pct_masks": {k: costs[k] for k in ("macs", "latency_seconds", "latency_ratio",
+                                                                   "latency_ratio_dense", "macs_ratio_nonzero",
+                                                                   "macs_ratio_structured")}})
+        print(f"seam {arch} x{width}: re-engineering step {re_s:.3f} s vs plain {plain_s:.3f} s "
+              f"({re_s / plain_s:.2f}); 10 % random weights: zeroed dense latency {costs['latency_ratio_dense']:.2f}, "
+              f"extracted {costs['latency_ratio']:.2f}", flush=True)
+    return {"benchmark": "seam", "batch_size": batch_size, "threads": torch.get_num_threads(), "target_step_ratio": 1.0,
+            "rows": rows, "unit": MAC_UNIT}
+
+
+def _shape_only(image_size: int):
+    from . import data as D
+
+    return D.ImageDataset(torch.zeros(1, 3, image_size, image_size, dtype=torch.uint8), torch.zeros(1), ["0"],
+                          "random")
 
 
 def _peak_rss_bytes(reset: bool = False) -> int:
@@ -343,7 +417,8 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--archs", nargs="*", default=ZOO)
     parser.add_argument("--align", type=int, default=8, help="extract with widths aligned to this multiple")
-    parser.add_argument("--only", choices=("extract", "mwt", "gradsplitter"), default=None, help="run one benchmark")
+    parser.add_argument("--only", choices=("extract", "mwt", "gradsplitter", "seam"), default=None,
+                        help="run one benchmark")
     parser.add_argument("--mwt-arch", default="resnet20", help="architecture of the MwT benchmark")
     parser.add_argument("--mwt-steps", type=int, default=10, help="timed training steps per model")
     parser.add_argument("--mwt-train-size", type=int, default=10_000, help="samples whose gates are collected")
@@ -373,6 +448,10 @@ def main(argv=None) -> int:
         print(f"wrote {out / 'mwt.json'}: step ratio {results['step_ratio']:.2f} (target <= 1.10), "
               f"gates of {results['modularization_samples']} samples in {results['modularization_seconds']:.1f} s, "
               f"cohesion of {results['cohesion_samples']} samples in {results['cohesion_seconds']:.2f} s")
+    if args.only in (None, "seam"):
+        results = bench_seam()
+        atomic_write_json(out / "seam.json", results)
+        print(f"wrote {out / 'seam.json'}")
     return 0
 
 

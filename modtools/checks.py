@@ -94,6 +94,17 @@ def _count_problems(params: Mapping[str, Any]) -> list[str]:
     return out
 
 
+def _threshold_problems(params: Mapping[str, Any]) -> list[str]:
+    out = []
+    for name in ("threshold", "thresholds"):
+        value = params.get(name)
+        values = value if isinstance(value, (list, tuple)) else [value]
+        for v in values:
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and not 0 < v <= 1:
+                out.append(f"{name} value {v!r} is out of range; allowed: 0 < threshold <= 1")
+    return out
+
+
 def _name_problems(params: Mapping[str, Any]) -> list[str]:
     from .data import DATASET_NAMES
     from .models import list_models
@@ -185,7 +196,7 @@ def check_values(notebook: str, params: Mapping[str, Any], declared: Mapping[str
     if not problems:
         merged = {k: v["default"] for k, v in declared.items()}
         merged.update(params)
-        problems = (_name_problems(merged) + _count_problems(merged)
+        problems = (_name_problems(merged) + _count_problems(merged) + _threshold_problems(merged)
                     + _class_problems(merged, CLASS_PARAMETERS.get(notebook, {})))
         if not problems:
             problems = _config_problems(merged, NOTEBOOK_CONFIGS.get(notebook, []))

@@ -51,6 +51,7 @@ from .train import predict, resolve_device, seed_everything
 PHASES = ("head", "mask")
 INITS = ("ones", "value", "normal")
 HEAD_PHASES = ("cached", "recompute", "backprop")
+SELECTIONS = ("composed", "per_module")
 
 #: Named schedules. ``paper`` is the published one (145 epochs). ``fast`` is the toolkit's: masks
 #: start at 0.2 instead of 1 (nearer the step's threshold), masks and later heads learn 3× faster,
@@ -83,6 +84,9 @@ class GradSplitterConfig:
     chunk: int | None = None       # modules per batched pass (None: all N at once)
     head_phase: str = "cached"    # cached | recompute | backprop (the original's; for benchmarks)
     select_tolerance: float = 0.01
+    select: str = "composed"       # composed: one epoch for all modules (the published rule) | per_module
+    refit_head_epochs: int = 0     # after selection, re-fit the heads on the selected masks (0: no, as published)
+    refit_lr: float = 0.01         # Adam lr of that re-fit
     seed: int = 1
     schedule: str = "paper"        # a label for the settings above
 
@@ -98,6 +102,10 @@ class GradSplitterConfig:
             raise ValueError(f"init={self.init!r} is not allowed; use one of {INITS}")
         if self.head_phase not in HEAD_PHASES:
             raise ValueError(f"head_phase={self.head_phase!r} is not allowed; use one of {HEAD_PHASES}")
+        if self.select not in SELECTIONS:
+            raise ValueError(f"select={self.select!r} is not allowed; use one of {SELECTIONS}")
+        check_range("refit_head_epochs", self.refit_head_epochs, self.refit_head_epochs >= 0, "an integer >= 0")
+        check_range("refit_lr", self.refit_lr, self.refit_lr > 0, "a number > 0")
         for name in ("first_head_epochs", "cycle_epochs", "cycle_mask", "cycle_head"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -155,6 +163,9 @@ class SplitResult:
     config: dict
     layers: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    selected_epochs: list[int] = field(default_factory=list)   # per module (all equal with select="composed")
+    val_accuracy: float | None = None                           # composed validation accuracy of the result
+    refit: dict = field(default_factory=dict)                   # what the head re-fit did
 
     def module_masks(self, i: int) -> dict[str, torch.Tensor]:
         return {k: v[i].float() for k, v in self.masks.items()}
@@ -208,10 +219,10 @@ class GradSplitter:
 
     @torch.no_grad()
     def all_logits(self, ds: D.ImageDataset, modules: torch.Tensor | None = None,
-                   batch_size: int = 64) -> torch.Tensor:
+                   batch_size: int = 64, masks: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """Logits of the given modules (default: all) for a whole data set under the current binary
-        masks: ``(M, len(ds), C)``."""
-        masks = {k: v.float() for k, v in self.binary_masks().items()}
+        masks (or the given ``{layer: (N, C)}`` masks): ``(M, len(ds), C)``."""
+        masks = {k: v.float().to(self.device) for k, v in (masks or self.binary_masks()).items()}
         if modules is not None:
             masks = {k: v[modules.to(v.device)] for k, v in masks.items()}
         outs = [self.module_logits(x.to(self.device), masks).cpu() for x, _ in D.TensorLoader(ds, batch_size)]
@@ -314,13 +325,60 @@ class GradSplitter:
             row = {"epoch": epoch + 1, "phase": phase, "loss": loss,
                    "val_accuracy": float((val_scores.argmax(1) == val.labels).float().mean()),
                    "krr": float(self.kept_rate().detach()), "seconds": time.perf_counter() - t0}
+            row["krr_per_module"] = self.krr_per_module()
             history.append(row)
-            snapshots.append((self.binary_masks(), copy.deepcopy(self.heads.state_dict())))
+            snapshots.append((self.binary_masks(), copy.deepcopy(self.heads.state_dict()), val_scores))
         selected = select_epoch(history, model_val, cfg.select_tolerance)
-        masks, heads = snapshots[selected - 1]
-        return SplitResult({k: v.cpu() for k, v in masks.items()}, {k: v.cpu() for k, v in heads.items()}, history,
-                           selected, model_val, asdict(cfg), [layer.name for layer in self.layers],
-                           time.perf_counter() - t_start)
+        if cfg.select == "per_module":
+            epochs = select_per_module(torch.stack([s[2] for s in snapshots]),
+                                       torch.tensor([h["krr_per_module"] for h in history]), val.labels,
+                                       model_val - cfg.select_tolerance, start=selected - 1)
+        else:
+            epochs = [selected - 1] * self.n
+        masks = {k: torch.stack([snapshots[e][0][k][i] for i, e in enumerate(epochs)]).cpu() for k in self.scores}
+        heads = {k: torch.stack([snapshots[e][1][k][i] for i, e in enumerate(epochs)]).cpu()
+                 for k in snapshots[0][1]}
+        scores = torch.stack([snapshots[e][2][:, i] for i, e in enumerate(epochs)], dim=1)
+        val_acc = float((scores.argmax(1) == val.labels).float().mean())
+        refit = {}
+        if cfg.refit_head_epochs > 0:
+            heads, val_acc, refit = self._refit_heads(masks, heads, train, val, val_acc)
+        return SplitResult(masks, heads, history, selected, model_val, asdict(cfg),
+                           [layer.name for layer in self.layers], time.perf_counter() - t_start,
+                           [e + 1 for e in epochs], val_acc, refit)
+
+    def krr_per_module(self) -> list[float]:
+        kept = sum((v.detach() > 0).sum(1).float() for v in self.scores.values())
+        return (kept / sum(v.shape[1] for v in self.scores.values())).tolist()
+
+    def _refit_heads(self, masks, heads, train, val, val_acc):
+        """Train the heads on the selected masks' cached training logits; keep them only when the
+        composed validation accuracy does not fall."""
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        train_logits = self.all_logits(train, masks=masks)
+        val_logits = self.all_logits(val, masks=masks)
+        n_modules, hidden, n_logits = heads["w1"].shape
+        new = ModuleHeads(n_modules, n_logits, hidden).to(self.device)
+        new.load_state_dict(heads)
+        opt = torch.optim.Adam(new.parameters(), lr=cfg.refit_lr)
+        g = torch.Generator().manual_seed(cfg.seed)
+        y_all = train.labels
+        for _ in range(cfg.refit_head_epochs):
+            order = torch.randperm(len(y_all), generator=g)
+            for a in range(0, len(order), cfg.batch_size):
+                idx = order[a:a + cfg.batch_size]
+                loss = F.cross_entropy(new(train_logits[:, idx].to(self.device)), y_all[idx].to(self.device))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+        with torch.no_grad():
+            refit_acc = float((new(val_logits.to(self.device)).argmax(1).cpu() == val.labels).float().mean())
+        info = {"epochs": cfg.refit_head_epochs, "val_accuracy_before": val_acc, "val_accuracy_after": refit_acc,
+                "kept": refit_acc >= val_acc, "seconds": time.perf_counter() - t0}
+        if refit_acc >= val_acc:
+            return {k: v.detach().cpu() for k, v in new.state_dict().items()}, refit_acc, info
+        return heads, val_acc, info
 
 
 def select_epoch(history: list[dict], model_val_accuracy: float, tolerance: float = 0.01) -> int:
@@ -330,6 +388,42 @@ def select_epoch(history: list[dict], model_val_accuracy: float, tolerance: floa
     if good:
         return min(good, key=lambda h: (h["krr"], -h["val_accuracy"], -h["epoch"]))["epoch"]
     return max(history, key=lambda h: (h["val_accuracy"], h["epoch"]))["epoch"]
+
+
+def select_per_module(val_scores: torch.Tensor, krr: torch.Tensor, labels: torch.Tensor, target: float,
+                      start: int, passes: int = 3) -> list[int]:
+    """Each module's own epoch (0-based): the fewest kernels such that the composed validation accuracy
+    stays at least ``min(target, accuracy at start)``.
+
+    ``val_scores`` ``(E, V, N)`` holds every module's validation scores at every epoch (with that
+    epoch's head), ``krr`` ``(E, N)`` their kept-kernel rates. Starting from epoch ``start`` for all
+    modules, each module (largest first) moves to its smallest epoch that keeps the composed accuracy
+    at the bar, given the others' current choices; this repeats until nothing moves (at most
+    ``passes`` times). Only validation data is read.
+    """
+    e, v, n = val_scores.shape
+    labels = labels.to(val_scores.device)
+    choice = [start] * n
+    current = val_scores[start].clone()
+
+    def accuracy(scores):
+        return float((scores.argmax(1) == labels).float().mean())
+
+    bar = min(target, accuracy(current))
+    for _ in range(passes):
+        moved = False
+        for i in sorted(range(n), key=lambda j: -float(krr[choice[j], j])):
+            for cand in sorted(range(e), key=lambda k: (float(krr[k, i]), -k)):
+                if float(krr[cand, i]) >= float(krr[choice[i], i]):
+                    break
+                trial = current.clone()
+                trial[:, i] = val_scores[cand, :, i]
+                if accuracy(trial) >= bar:
+                    choice[i], current, moved = cand, trial, True
+                    break
+        if not moved:
+            break
+    return choice
 
 
 def decompose(model: nn.Module, train: D.ImageDataset, val: D.ImageDataset, cfg: GradSplitterConfig | None = None,

@@ -22,8 +22,16 @@ def search_figure(results: Mapping) -> plt.Figure:
     ax.plot(epochs, [h["val_accuracy"] for h in hist], "o-", color=PALETTE["module"], label="composed modules, validation accuracy")
     ax.plot(epochs, [h["krr"] for h in hist], "s-", color=PALETTE["muted"], label="mean kept-kernel rate")
     ax.axhline(results["model_val_accuracy"], color=PALETTE["model"], lw=1, label="model, validation accuracy")
-    ax.axvline(results["selected_epoch"], color=PALETTE["accent"], ls=":", label=f"selected epoch {results['selected_epoch']}")
-    ax.set(xlabel="epoch (grey: head-only phases)", ylabel="value", ylim=(0, 1.05), title="mask search")
+    ax.axvline(results["selected_epoch"], color=PALETTE["accent"], ls=":",
+               label=f"one epoch for all (published rule): {results['selected_epoch']}")
+    chosen = results.get("selected_epochs") or []
+    if len(set(chosen)) > 1:
+        ax.plot(chosen, [1.02] * len(chosen), "v", color=PALETTE["accent"], ms=5, label="each module's own epoch")
+        end = max(epochs) + 1
+        ax.plot([end], [results["val_accuracy_composed"]], "*", color=PALETTE["module"], ms=12)
+        ax.plot([end], [results["krr_mean"]], "*", color=PALETTE["muted"], ms=12,
+                label="selected modules (accuracy, KRR)")
+    ax.set(xlabel="epoch (grey: head-only phases)", ylabel="value", ylim=(0, 1.06), title="mask search")
     ax.legend(fontsize=8, loc="lower left")
     fig.tight_layout()
     return fig

@@ -248,6 +248,29 @@ class StackedMasks:
         return ChannelGating(model, self.layers, self, follow=self.follow)
 
 
+@torch.no_grad()
+def bypassable_layers(model: nn.Module, layers: list[MaskableLayer], input_shape, seed: int = 0) -> list[str]:
+    """The layers whose kernels can all be masked while the model's output still depends on its input:
+    layers on a residual branch (the skip connection carries the input past them), not on a plain path
+    (where an empty layer cuts the network). Found by masking each layer entirely (eval mode) and
+    comparing the outputs for two seeded random inputs."""
+    g = torch.Generator().manual_seed(seed)
+    p = next(model.parameters())
+    x = torch.rand(2, *input_shape, generator=g).to(p.device, p.dtype)
+    was = model.training
+    model.eval()
+    out = []
+    try:
+        for layer in layers:
+            with apply_masks(model, {layer.name: torch.zeros(layer.out_channels)}, layers, on_empty="allow"):
+                y = model(x)
+            if not torch.allclose(y[0], y[1], rtol=1e-5, atol=1e-6):
+                out.append(layer.name)
+    finally:
+        model.train(was)
+    return out
+
+
 def batched_forward(model: nn.Module, x: torch.Tensor, masks: Mapping[str, torch.Tensor],
                     layers: list[MaskableLayer] | None = None, binary: bool = True,
                     share_first: bool = False) -> torch.Tensor:
@@ -342,9 +365,9 @@ def default_gate(layer: MaskableLayer) -> nn.Module:
 class _ScoreMask(nn.Module):
     """Parametrization ``W ↦ W ⊙ 1[score > 0]`` with a straight-through gradient into ``score``."""
 
-    def __init__(self, shape: torch.Size, device=None):
+    def __init__(self, shape: torch.Size, device=None, init: float = 1.0):
         super().__init__()
-        self.score = nn.Parameter(torch.ones(shape, device=device))
+        self.score = nn.Parameter(torch.full(shape, float(init), device=device))
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         return w * binarize_ste(self.score).to(w.dtype)
@@ -353,13 +376,13 @@ class _ScoreMask(nn.Module):
 class WeightMasks:
     """Element-wise masks on the weights (and biases) of conv and linear layers.
 
-    Each masked tensor gets a learnable score of its shape, initialised to 1 (everything kept);
-    the forward uses ``W ⊙ 1[score > 0]``; the backward is straight-through with the gradient
-    clipped to [-1, 1]. The original weights are frozen. :meth:`remove` restores the model.
+    Each masked tensor gets a learnable score of its shape, initialised to ``init`` (1: everything
+    kept); the forward uses ``W ⊙ 1[score > 0]``; the backward is straight-through with the
+    gradient clipped to [-1, 1]. The original weights are frozen. :meth:`remove` restores the model.
     """
 
     def __init__(self, model: nn.Module, include: Callable[[str, nn.Module], bool] | None = None,
-                 mask_bias: bool = True):
+                 mask_bias: bool = True, init: float = 1.0):
         self.model = model
         self.targets: list[tuple[str, nn.Module, str]] = []
         for name, mod in model.named_modules():
@@ -369,7 +392,7 @@ class WeightMasks:
                     if p is None:
                         continue
                     p.requires_grad_(False)
-                    parametrize.register_parametrization(mod, pname, _ScoreMask(p.shape, p.device))
+                    parametrize.register_parametrization(mod, pname, _ScoreMask(p.shape, p.device, init))
                     self.targets.append((name, mod, pname))
         if not self.targets:
             raise UnsupportedModelError(f"{type(model).__name__} has no conv or linear layer to mask")
@@ -383,6 +406,27 @@ class WeightMasks:
     def masks(self) -> dict[str, torch.Tensor]:
         """The current binary masks ``{"layer.weight": 0/1 tensor}``."""
         return {k: (s.detach() > 0).float() for k, s in self.scores().items()}
+
+    def retention(self) -> torch.Tensor:
+        """The weight retention rate: kept / all masked scalars (weights and biases), differentiable
+        through the straight-through estimator."""
+        scores = list(self.scores().values())
+        return sum(binarize_ste(s).sum() for s in scores) / sum(s.numel() for s in scores)
+
+    @torch.no_grad()
+    def kernels_alive(self, layers: list[MaskableLayer]) -> dict[str, torch.Tensor]:
+        """Per maskable layer, 1 for each kernel (output channel) that keeps some weight or its bias."""
+        out = {}
+        mods = {m for _, m, _ in self.targets}
+        for layer in layers:
+            if layer.conv not in mods:
+                continue
+            w = layer.conv.parametrizations["weight"][0].score > 0
+            alive = w.flatten(1).any(1)
+            if "bias" in getattr(layer.conv, "parametrizations", {}):
+                alive |= layer.conv.parametrizations["bias"][0].score > 0
+            out[layer.name] = alive.float()
+        return out
 
     def remove(self, bake: bool = False) -> None:
         """Remove the parametrizations; with ``bake=True`` the masked weights are kept."""

@@ -90,15 +90,19 @@ class Module:
                head_state: Mapping[str, torch.Tensor] | None = None, approach: str = "baseline",
                config: dict | None = None, metrics: dict | None = None, lineage: list | None = None,
                input_shape: Sequence[int] = (3, 32, 32), dataset: str = "", on_empty: str = "raise",
-               name: str = "", align: int = 1) -> "Module":
-        """Extract ``model`` under ``masks`` and wrap it with a head and its metadata."""
+               name: str = "", align: int = 1, source_model: nn.Module | None = None) -> "Module":
+        """Extract ``model`` under ``masks`` and wrap it with a head and its metadata.
+
+        ``source_model`` is the model the card names as the source when ``model`` is a changed copy
+        of it (SeaM bakes its weight masks into a copy); it must have ``model``'s architecture.
+        """
         masks = {k: (torch.as_tensor(v) != 0) for k, v in masks.items()}
         network, report = extract(model, {k: v.float() for k, v in masks.items()}, on_empty=on_empty,
                                   image_size=int(input_shape[-1]), align=align)
         head = build_head(head_spec)
         if head_state:
             head.load_state_dict(dict(head_state))
-        source = source_identity(model, input_shape, dataset)
+        source = source_identity(source_model if source_model is not None else model, input_shape, dataset)
         return cls(source, masks, dict(head_spec), network, head.eval(), dict(task), approach, dict(config or {}),
                    dict(metrics or {}), list(lineage or []), report.to_dict(),
                    name or f"{approach}-{source['arch']}-{'_'.join(map(str, task.get('classes', [])))}")

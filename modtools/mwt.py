@@ -23,12 +23,14 @@ import torch.nn.functional as F
 
 from . import data as D
 from .errors import EmptyMaskError, check_classes, check_range
-from .masks import InputGates, MaskableLayer, find_maskable_layers
+from .masks import InputGates, MaskableLayer, bypassable_layers, find_maskable_layers
 from .models import build_model
 from .module import Module
-from .train import FitConfig, ModelSpec, SpecData, fit, predict, resolve_device, seed_everything, train_cached
+from .train import (FitConfig, ModelSpec, SpecData, fit, predict, resolve_device, seed_everything, spec_data,
+                    train_cached)
 
 ON_EMPTY = ("lower", "top1", "raise")
+INIT_FROM = ("scratch", "standard")
 
 
 @dataclass
@@ -52,6 +54,9 @@ class MwTConfig:
     on_empty: str = "lower"       # a layer left empty: lower θ for it by 0.05 steps | keep its top kernel | raise
     finetune_epochs: int = 10
     finetune_lr: float = 0.05
+    init_from: str = "scratch"    # scratch (published) | standard: start from the trained standard model's weights
+    coupling_warmup: float = 0.0  # epochs over which β ramps linearly from 0 (published: 0, β from the start)
+    detach_gate_input: bool = False  # no gradient from the gates into the backbone through their input (published: False)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -59,7 +64,9 @@ class MwTConfig:
             raise ValueError(f"on_empty={self.on_empty!r} is not allowed; use one of {ON_EMPTY}")
         if not 0.0 < self.threshold <= 1.0:
             raise ValueError(f"threshold must be in (0, 1], got {self.threshold}")
-        for name in ("alpha", "beta", "weight_decay"):
+        if self.init_from not in INIT_FROM:
+            raise ValueError(f"init_from={self.init_from!r} is not allowed; use one of {INIT_FROM}")
+        for name in ("alpha", "beta", "weight_decay", "coupling_warmup"):
             check_range(name, getattr(self, name), getattr(self, name) >= 0, "a number >= 0")
         for name in ("lr", "finetune_lr"):
             check_range(name, getattr(self, name), getattr(self, name) > 0, "a number > 0")
@@ -76,6 +83,12 @@ class MwTConfig:
     def spec(self, modular: bool) -> ModelSpec:
         """The model spec of the modular (gated) or the standard model; both share data and recipe."""
         variant = {"approach": "mwt", "alpha": self.alpha, "beta": self.beta} if modular else {}
+        if modular and self.init_from != "scratch":
+            variant["init_from"] = self.spec(modular=False).key()
+        if modular and self.coupling_warmup:
+            variant["coupling_warmup"] = self.coupling_warmup
+        if modular and self.detach_gate_input:
+            variant["detach_gate_input"] = True
         return ModelSpec(arch=self.arch, width=self.width, dataset=self.dataset, per_class=self.per_class,
                          test_per_class=self.test_per_class, data_seed=self.seed, val_fraction=self.val_fraction,
                          fit=self.fit_config(), variant=variant)
@@ -91,10 +104,15 @@ def gate_hidden_width(c_out: int) -> int:
 
 
 class MwTGate(nn.Module):
-    """GAP of the layer input → Linear (no bias) → ReLU → Linear (bias 1.0) → relu(tanh(·))."""
+    """GAP of the layer input → Linear (no bias) → ReLU → Linear (bias 1.0) → relu(tanh(·)).
 
-    def __init__(self, c_in: int, c_out: int):
+    With ``detach_input`` no gradient flows from the gate back into the backbone through the gate's
+    input (the gates still learn, and the backbone still learns through the gated outputs).
+    """
+
+    def __init__(self, c_in: int, c_out: int, detach_input: bool = False):
         super().__init__()
+        self.detach_input = detach_input
         hidden = gate_hidden_width(c_out)
         self.fc1 = nn.Linear(c_in, hidden, bias=False)
         self.fc2 = nn.Linear(hidden, c_out)
@@ -103,6 +121,8 @@ class MwTGate(nn.Module):
         nn.init.constant_(self.fc2.bias, 1.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.detach_input:
+            x = x.detach()
         g = x.mean(dim=(2, 3)) if x.ndim == 4 else x
         return torch.relu(torch.tanh(self.fc2(torch.relu(self.fc1(g)))))
 
@@ -113,7 +133,7 @@ class GatedModel(nn.Module):
     ``forward`` returns the backbone's logits; the gates of the last pass are in ``self.gates.last``.
     """
 
-    def __init__(self, backbone: nn.Module, image_size: int = 32):
+    def __init__(self, backbone: nn.Module, image_size: int = 32, detach_gate_input: bool = False):
         super().__init__()
         self.backbone = backbone
         first = next(m for m in backbone.modules() if isinstance(m, nn.Conv2d))
@@ -121,7 +141,7 @@ class GatedModel(nn.Module):
         layers = find_maskable_layers(backbone, example)
         self.layers: list[MaskableLayer] = layers[1:]
         self.gates = InputGates(self.layers, build_gate=lambda layer: MwTGate(layer.conv.in_channels,
-                                                                              layer.out_channels))
+                                                                              layer.out_channels, detach_gate_input))
         self._handle = self.gates.install(backbone)
         self.modtools_config = getattr(backbone, "modtools_config", None)
 
@@ -146,7 +166,8 @@ def build_gated(spec: ModelSpec, ds: D.ImageDataset) -> GatedModel:
     seed_everything(spec.fit.seed)
     backbone = build_model(spec.arch, in_channels=ds.shape[0], num_classes=ds.num_classes, width=spec.width,
                            **spec.arch_kwargs)
-    return GatedModel(backbone, image_size=ds.shape[-1])
+    return GatedModel(backbone, image_size=ds.shape[-1],
+                      detach_gate_input=bool(spec.variant.get("detach_gate_input", False)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -178,24 +199,46 @@ def cohesion_coupling_loss(gates: Sequence[torch.Tensor], labels: torch.Tensor) 
     return coh, coup
 
 
-def mwt_loss(alpha: float = 0.5, beta: float = 1.5):
-    """The extra loss for :func:`modtools.train.fit`: ``α·cohesion + β·coupling``, with logged terms."""
+def mwt_loss(alpha: float = 0.5, beta: float = 1.5, warmup_steps: int = 0):
+    """The extra loss for :func:`modtools.train.fit`: ``α·cohesion + β·coupling``, with logged terms.
+
+    With ``warmup_steps``, β grows linearly from 0 to its value over that many training steps.
+    """
+    calls = [0]
 
     def extra(model: GatedModel, x, y, logits):
         gates = [model.gates.last[layer.name] for layer in model.layers]
         coh, coup = cohesion_coupling_loss(gates, y)
+        ramp = min(1.0, (calls[0] + 1) / warmup_steps) if warmup_steps else 1.0
+        calls[0] += 1
         with torch.no_grad():
             rate = torch.stack([(g > 0).float().mean() for g in gates]).mean()
-        return alpha * coh + beta * coup, {"cohesion_loss": float(coh.detach()), "coupling_loss": float(coup.detach()),
-                                           "kernel_rate": float(rate)}
+        return alpha * coh + ramp * beta * coup, {"cohesion_loss": float(coh.detach()),
+                                                  "coupling_loss": float(coup.detach()), "kernel_rate": float(rate)}
     return extra
 
 
 def train_mwt(cfg: MwTConfig, cache=None, device: str = "auto", progress: bool = True,
               data: SpecData | None = None) -> tuple[GatedModel, dict]:
-    """Train (or load from the cache) the modular model of ``cfg``."""
-    return train_cached(cfg.spec(modular=True), cache=cache, device=device, progress=progress, data=data,
-                        build=build_gated, extra_loss=mwt_loss(cfg.alpha, cfg.beta))
+    """Train (or load from the cache) the modular model of ``cfg``.
+
+    With ``cfg.init_from="standard"`` the backbone starts from the trained standard model (trained
+    or loaded first, same data and recipe); the gates start as MwT initialises them.
+    """
+    spec = cfg.spec(modular=True)
+    data = data or spec_data(spec)
+    build = build_gated
+    if cfg.init_from == "standard":
+        standard, _ = train_standard(cfg, cache=cache, device=device, progress=progress, data=data)
+        weights = {k: v.detach().cpu().clone() for k, v in standard.state_dict().items()}
+
+        def build(spec, ds):
+            gated = build_gated(spec, ds)
+            gated.backbone.load_state_dict(weights)
+            return gated
+    steps = -(-len(data.train) // cfg.batch_size)
+    return train_cached(spec, cache=cache, device=device, progress=progress, data=data, build=build,
+                        extra_loss=mwt_loss(cfg.alpha, cfg.beta, int(round(cfg.coupling_warmup * steps))))
 
 
 def train_standard(cfg: MwTConfig, cache=None, device: str = "auto", progress: bool = True,
@@ -218,6 +261,7 @@ class GateStats:
     slices: dict[str, tuple[int, int]]
     class_names: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    bypassable: list[str] = field(default_factory=list)   # layers on a residual branch (may be left empty)
 
     @property
     def num_kernels(self) -> int:
@@ -245,8 +289,11 @@ def collect_gates(model: GatedModel, ds: D.ImageDataset, batch_size: int = 256, 
         sums.index_add_(0, y, b.double())
         pos += len(y)
     counts = torch.bincount(ds.labels, minlength=ds.num_classes).double().clamp(min=1)
+    plain = model.plain_backbone().to(dev)
+    bypass = bypassable_layers(plain, find_maskable_layers(plain, torch.zeros(1, *ds.shape, device=dev))[1:],
+                               ds.shape)
     return GateStats(on, ds.labels.clone(), (sums / counts[:, None]).float(), slices, list(ds.class_names),
-                     time.perf_counter() - t0)
+                     time.perf_counter() - t0, bypass)
 
 
 def module_masks(stats: GateStats, threshold: float = 0.9, on_empty: str = "lower") -> tuple[torch.Tensor, list[dict]]:
@@ -254,7 +301,12 @@ def module_masks(stats: GateStats, threshold: float = 0.9, on_empty: str = "lowe
 
     A layer left with no kernel for a class is handled by ``on_empty``: ``"lower"`` lowers θ for
     that layer in 0.05 steps until a kernel passes (MwT's rule), ``"top1"`` keeps its most frequent
-    kernel, ``"raise"`` raises :class:`EmptyMaskError`. Every such decision is returned.
+    kernel, ``"raise"`` raises :class:`EmptyMaskError`. A layer whose gates never open for the class
+    (no kernel at any threshold) on a residual branch (``stats.bypassable``: the skip connection
+    carries the input past it) is left empty instead, with the policy ``"bypass"``: the class does not
+    use that branch, and extraction keeps one zeroed channel so the module stays exact. On a plain path
+    such a layer would cut the network, so ``"lower"`` raises and ``"top1"`` keeps one kernel. Every
+    decision is returned.
     """
     if on_empty not in ON_EMPTY:
         raise ValueError(f"on_empty={on_empty!r} is not allowed; use one of {ON_EMPTY}")
@@ -264,6 +316,9 @@ def module_masks(stats: GateStats, threshold: float = 0.9, on_empty: str = "lowe
         empty = torch.nonzero(~u[:, a:b].any(dim=1)).flatten().tolist()
         for c in empty:
             f = stats.freq[c, a:b]
+            if float(f.max()) < 0.05 and name in stats.bypassable and on_empty != "raise":
+                decisions.append({"class": c, "layer": name, "policy": "bypass", "threshold": threshold})
+                continue
             if on_empty == "raise":
                 raise EmptyMaskError(f"layer {name} keeps no kernel for class {c} at threshold {threshold} "
                                      f"(highest frequency {float(f.max()):.3f}); on_empty options: {ON_EMPTY}")
@@ -275,7 +330,8 @@ def module_masks(stats: GateStats, threshold: float = 0.9, on_empty: str = "lowe
             while not (f >= t).any():
                 t = round(t - 0.05, 10)
                 if t <= 0:
-                    raise EmptyMaskError(f"layer {name} keeps no kernel for class {c} at any threshold")
+                    raise EmptyMaskError(f"layer {name} keeps no kernel for class {c} at any threshold, and it is on "
+                                         "a plain path (emptying it would cut the network); use on_empty='top1'")
             u[c, a:b] = f >= t
             decisions.append({"class": c, "layer": name, "policy": "lower", "threshold": t})
     return u, decisions
@@ -351,6 +407,7 @@ def subtask_module(model: GatedModel, stats: GateStats, u: torch.Tensor, classes
     decisions = [d for d in (decisions or []) if d["class"] in classes]
     module = Module.create(model.plain_backbone(), masks, task, head, approach="mwt", config=config,
                            input_shape=data.train.shape, dataset=data.train.name, align=align,
+                           on_empty="keep_one",   # only bypassed residual-branch layers can be empty here
                            lineage=[{"step": "modular training", "spec": cfg.spec(True).key()},
                                     {"step": "threshold", "threshold": cfg.threshold, "on_empty": cfg.on_empty,
                                      "empty_layer_decisions": decisions}])

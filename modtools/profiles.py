@@ -31,8 +31,10 @@ PROFILE_VALUES["30_gradsplitter_modularize"] = {
               "first_head_epochs": 1, "cycle_epochs": 3, "cycle_mask": 2, "cycle_head": 1, "batch_size": 32},
     "quick": {},
     "paper": {"dataset": "cifar10", "width": 1.0, "per_class": None, "test_per_class": None, "epochs": 200,
-              "lr": 0.01, "schedule": "step", "milestones": [60, 120], "augment": True, "search_per_class": None, "first_head_epochs": 5, "cycle_epochs": 140, "init": "ones",
-              "lr_mask": 0.001, "lr_head": 0.01, "alpha": 0.1, "batch_size": 64},
+              "lr": 0.01, "schedule": "step", "milestones": [60, 120], "augment": True, "search_per_class": None, "search_val_per_class": None, "first_head_epochs": 5, "cycle_epochs": 140,
+              "cycle_mask": 5, "cycle_head": 2, "init": "ones", "lr_mask": 0.001, "lr_head": 0.01,
+              "lr_head_later": 0.001, "alpha": 0.1, "batch_size": 64, "select": "composed", "select_tolerance": 0.01,
+              "refit_head_epochs": 0},
 }
 
 PROFILE_VALUES["31_gradsplitter_compose"] = {
@@ -44,7 +46,8 @@ PROFILE_VALUES["31_gradsplitter_compose"] = {
               "epochs": 200, "lr": 0.01, "schedule": "step", "milestones": [60, 120], "augment": True,
               "search_per_class": None, "search_val_per_class": None, "first_head_epochs": 5, "cycle_epochs": 140,
               "cycle_mask": 5, "cycle_head": 2, "init": "ones", "lr_mask": 0.001, "lr_head": 0.01, "alpha": 0.1,
-              "select_tolerance": 0.01},
+              "lr_head_later": 0.001, "select": "composed", "select_tolerance": 0.01, "refit_head_epochs": 0,
+              "compose_refit_epochs": 0},
 }
 
 PROFILE_VALUES["32_gradsplitter_new_task"] = {
@@ -56,12 +59,13 @@ PROFILE_VALUES["32_gradsplitter_new_task"] = {
               "width": 1.0, "per_class": None, "test_per_class": None, "epochs": 200, "lr": 0.01, "schedule": "step",
               "milestones": [60, 120], "augment": True, "search_per_class": None, "search_val_per_class": None,
               "first_head_epochs": 5, "cycle_epochs": 140, "cycle_mask": 5, "cycle_head": 2, "init": "ones",
-              "lr_mask": 0.001, "lr_head": 0.01, "alpha": 0.1, "select_tolerance": 0.01},
+              "lr_mask": 0.001, "lr_head": 0.01, "alpha": 0.1, "lr_head_later": 0.001, "select": "composed",
+              "select_tolerance": 0.01, "refit_head_epochs": 0, "compose_refit_epochs": 0},
 }
 
 _MWT_SMOKE = {**_SMOKE_DATA, "arch": "resnet20", "width": 0.25, "epochs": 1, "batch_size": 16, "augment": False}
 _MWT_PAPER = {"dataset": "cifar10", "arch": "resnet18", "width": 1.0, "per_class": None, "test_per_class": None,
-              "epochs": 200, "batch_size": 128, "augment": True}
+              "epochs": 200, "batch_size": 128, "augment": True, "alpha": 0.5, "beta": 1.5, "init_from": "scratch"}
 PROFILE_VALUES.update({
     "40_mwt_modular_training": {"smoke": _MWT_SMOKE, "quick": {}, "paper": _MWT_PAPER},
     "41_mwt_threshold_sweep": {
@@ -77,6 +81,32 @@ PROFILE_VALUES.update({
 })
 
 
+_SEAM_SMOKE = {**_SMOKE_DATA, "width": 0.25, "model_epochs": 1, "epochs": 2, "batch_size": 16, "init_value": 0.5,
+               "lr_mask": 0.2}
+_SEAM_PAPER = {"dataset": "cifar10", "arch": "resnet20", "width": 1.0, "per_class": None, "test_per_class": None,
+               "model_epochs": 200, "epochs": 300, "init_value": 1.0, "augment": True, "steps_per_epoch": None,
+               "lr_head": 0.1, "head_every": 5, "batch_size": 64}
+PROFILE_VALUES.update({
+    "50_seam_binary": {
+        "smoke": {**_SEAM_SMOKE, "target_classes": [0, 1]},
+        "quick": {},
+        "paper": {**_SEAM_PAPER, "lr_mask": 0.05, "alpha": 1.0},
+    },
+    "51_seam_multiclass": {
+        "smoke": {**_SEAM_SMOKE, "groups": [[0, 1], [2, 3]], "latency_repeats": 2},
+        "quick": {},
+        "paper": {**_SEAM_PAPER, "dataset": "cifar100", "groups": ["fish", "flowers", "vehicles_1", "people"],
+                  "lr_mask": 0.10, "alpha": 2.0},
+    },
+    "52_seam_defect_inheritance": {
+        "smoke": {"source": "digits", "target": "digits", "width": 0.25, "per_class": 40, "test_per_class": 20,
+                  "model_epochs": 1, "thresholds": [0.3], "finetune_epochs": 1, "probe_epochs": 1,
+                  "max_reengineer_epochs": 2, "attack_steps": 2},
+        "quick": {},
+        "paper": {},   # the published setting (an ImageNet ResNet-18 on a folder of images) is not wired in yet
+    },
+})
+
 #: The config dataclasses each notebook builds from its parameters (same field names); the runner
 #: builds them before a kernel starts so that their range checks reject bad values early.
 NOTEBOOK_CONFIGS: dict[str, list[str]] = {
@@ -88,6 +118,9 @@ NOTEBOOK_CONFIGS: dict[str, list[str]] = {
     "40_mwt_modular_training": ["modtools.mwt:MwTConfig"],
     "41_mwt_threshold_sweep": ["modtools.mwt:MwTConfig"],
     "42_mwt_subtask_reuse": ["modtools.mwt:MwTConfig"],
+    "50_seam_binary": ["modtools.seam:SeaMConfig"],
+    "51_seam_multiclass": ["modtools.seam:SeaMConfig"],
+    "52_seam_defect_inheritance": ["modtools.seam_defects:DefectConfig"],
 }
 
 #: Parameters holding class ids: name → the data set parameter they index (a pair of data set
@@ -96,6 +129,7 @@ CLASS_PARAMETERS: dict[str, dict] = {
     "00_quickstart": {"target_class": "dataset"},
     "32_gradsplitter_new_task": {"tasks": ("source_a", "source_b")},
     "42_mwt_subtask_reuse": {"subtasks": "dataset"},
+    "50_seam_binary": {"target_classes": "dataset"},
 }
 
 

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -23,12 +25,23 @@
 # compared with the same architecture trained from scratch on the task, in accuracy and wall time.
 # The composed model's time is the decomposition of both source models (done once and shared by
 # every task built from them) plus composing; the scratch model's time is its training.
+#
+# **What the toolkit does beyond the paper, and why.** A module of one source never saw the other
+# source's images: a Fashion-MNIST "Sandal" detector has no reason to score a handwritten digit
+# low, so raw scores of the two sources do not compare (in our first runs one task lost 26 points
+# to training from scratch). Calibrating two numbers per module on a validation split cannot teach
+# a detector what the other source looks like; re-training the small heads can. So the composed
+# classifier's heads (copies; the modules are unchanged) are re-fitted jointly on the task's
+# training split, with negatives from both sources, on cached features of the frozen module
+# networks (`compose_refit_epochs`; 0 gives the paper's raw composition). This is cheap next to
+# training from scratch (its seconds are in the table), and the module networks (every conv
+# kernel) stay as the decomposition made them.
 
 # %% tags=["parameters"]
 profile = "quick"          # smoke | quick | paper (set by the runner)
 source_a = "fashion-mnist" # first source data set
 source_b = "digits"        # second source data set
-tasks = [[[0, 1, 7], [3, 5, 8]], [[5, 8], [0, 1, 2, 9]]]  # per task: classes of source_a, classes of source_b
+tasks = [[[0, 1, 7], [3, 5, 8]], [[5, 8], [0, 1, 2, 9]], [[2, 4, 6], [4, 7]]]  # per task: classes of source_a, of source_b
 arch = "simcnn"            # architecture of the source models and of the scratch model
 width = 0.25               # width multiplier
 per_class = 1000           # training images per class of each source (None: all)
@@ -39,18 +52,23 @@ schedule = "cosine"        # cosine | step | constant
 milestones = []            # epochs where a step schedule divides the lr by 10
 augment = False            # random crop + flip while training
 search_per_class = 50      # training images per class used by each search (None: all)
-search_val_per_class = 30  # validation images per class used to select each search's epoch (None: all)
-first_head_epochs = 5      # head-only epochs before the cycles (published: 5)
-cycle_epochs = 5           # epochs of mask/head cycles (published: 140)
+search_val_per_class = 50  # validation images per class used to select each search's epochs (None: all)
+first_head_epochs = 3      # head-only epochs before the cycles (published: 5)
+cycle_epochs = 8           # epochs of mask/head cycles (published: 140)
 cycle_mask = 3             # mask epochs per cycle (published: 5)
 cycle_head = 1             # head epochs per cycle (published: 2)
 init = "value"             # mask initialisation: ones | value | normal (published: ones)
 init_value = 0.05          # initial score when init is "value"
-lr_mask = 0.002            # Adam lr in mask phases (published: 0.001)
+lr_mask = 0.003            # Adam lr in mask phases (published: 0.001)
 lr_head = 0.05             # Adam lr of the first head phase (published: 0.01)
-alpha = 0.1                # weight of the kept-kernel rate
-select_tolerance = 0.05    # selection: fewest kernels within this of the model (published rule: 0.01)
+lr_head_later = 0.005      # Adam lr of later head phases (published: 0.1 x lr_head)
+alpha = 0.5                # weight of the kept-kernel rate (published: 0.1)
+select = "per_module"      # per_module: each module its own epoch | composed: one epoch for all (published)
+select_tolerance = 0.01    # selection: fewest kernels within this of the model's validation accuracy (published: 0.01)
+refit_head_epochs = 0      # re-fit each search's heads on its selected masks (0: no, as published)
+refit_lr = 0.01            # Adam lr of the re-fits
 batch_size = 64            # search batch size
+compose_refit_epochs = 30  # epochs re-fitting the composed heads on the task's training split (0: raw scores, as published)
 seed = 0                   # every random choice flows from this seed
 device = "auto"            # auto | cpu | cuda
 run_dir = "../runs/32_gradsplitter_new_task"  # results go here
@@ -105,6 +123,11 @@ for classes_a, classes_b in tasks:
               [G.to_module(b["model"], b["result"], c, b["data"].train) for c in classes_b]
     composed = C.ComposedClassifier(modules, test_task.class_names)
     compose_seconds = time.perf_counter() - t0
+    accuracy_raw = C.evaluate_composed(composed, test_task, device=device)["accuracy"]   # the paper's raw scores
+    t0 = time.perf_counter()
+    if compose_refit_epochs:
+        composed.refit_heads(train_task, compose_refit_epochs, refit_lr, seed=seed, device=device)
+    compose_seconds += time.perf_counter() - t0
     accuracy_composed = C.evaluate_composed(composed, test_task, device=device)["accuracy"]
     scratch = T.build_for(T.ModelSpec(arch=arch, width=width, fit=fit), train_task)
     t0 = time.perf_counter()
@@ -112,11 +135,12 @@ for classes_a, classes_b in tasks:
     seconds_scratch = time.perf_counter() - t0
     accuracy_scratch = T.evaluate(scratch, test_task, device=device)["accuracy"]
     rows.append({"classes_a": classes_a, "classes_b": classes_b, "class_names": test_task.class_names,
-                 "accuracy_composed": accuracy_composed, "accuracy_scratch": accuracy_scratch,
+                 "accuracy_composed": accuracy_composed, "accuracy_composed_raw": accuracy_raw,
+                 "accuracy_scratch": accuracy_scratch,
                  "seconds_composed": decompose_seconds + compose_seconds, "seconds_compose_only": compose_seconds,
                  "seconds_scratch": seconds_scratch, "train_size_scratch": len(train_task)})
-    print(f"{test_task.class_names}: composed {accuracy_composed:.3f} ({decompose_seconds + compose_seconds:.0f} s), "
-          f"scratch {accuracy_scratch:.3f} ({seconds_scratch:.0f} s)")
+    print(f"{test_task.class_names}: composed {accuracy_composed:.3f} (raw scores {accuracy_raw:.3f}; "
+          f"{decompose_seconds + compose_seconds:.0f} s), scratch {accuracy_scratch:.3f} ({seconds_scratch:.0f} s)")
 
 # %%
 results = {"arch": arch, "sources": [source_a, source_b], "tasks": rows, "decompose_seconds": decompose_seconds}

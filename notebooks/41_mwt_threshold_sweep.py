@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -28,13 +30,14 @@
 # %% tags=["parameters"]
 profile = "quick"          # smoke | quick | paper (set by the runner)
 arch = "resnet20"         # zoo architecture to train modular (vgg16, resnet18, resnet20, simcnn, rescnn, tv:resnet18 ...)
-width = 1.0                # width multiplier
+width = 0.5                # width multiplier
 dataset = "fashion-mnist"  # data set name
 per_class = 1000           # training images per class (None: all)
 test_per_class = 300       # test images per class (None: all)
 alpha = 0.5                # weight of the cohesion loss
-beta = 1.5                 # weight of the coupling loss
-epochs = 6                 # training epochs (both models, same budget)
+beta = 4.0                 # weight of the coupling loss (published: 1.5)
+epochs = 6                 # training epochs of each model (from the standard model, the modular one trains this many more)
+init_from = "standard"     # scratch (published) | standard: the modular model starts from the trained standard model
 lr = 0.05                  # learning rate of network and gates (SGD, Nesterov momentum 0.9)
 batch_size = 128           # batch size
 augment = True             # random crop + flip while training

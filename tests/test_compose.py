@@ -68,3 +68,41 @@ def test_mismatched_modules_are_refused(split_model):
                                                    {}), 1, rgb)
     with pytest.raises(ModuleMismatchError, match="reads inputs of shape"):
         C.ComposedClassifier([good, other])
+
+
+def test_calibration_maps_a_known_score_shift_back():
+    """Scores drawn with a known calibration (a = 2, b = -1); the same scores shifted by +1.5 in logit
+    space are fitted with b lower by 2 × 1.5, so both calibrate to the same probabilities."""
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(20000, 1, generator=g)
+    target = torch.bernoulli(torch.sigmoid(2 * z - 1), generator=g)
+    a, b = C.fit_calibration(z, target, steps=800, lr=0.05)
+    a2, b2 = C.fit_calibration(z + 1.5, target, steps=800, lr=0.05)
+    assert float(a) == pytest.approx(2.0, abs=0.1) and float(b) == pytest.approx(-1.0, abs=0.1)
+    assert float(a2) == pytest.approx(float(a), abs=0.05) and float(b2) == pytest.approx(float(b) - 1.5 * float(a), abs=0.1)
+    torch.testing.assert_close(torch.sigmoid(a2 * (z + 1.5) + b2), torch.sigmoid(a * z + b), atol=0.02, rtol=0.05)
+
+
+def test_refit_heads_repairs_modules_that_never_saw_each_others_inputs(split_model):
+    """Modules of two 'sources' (class 0 of one, class 1 of a model with other templates): raw scores
+    do not compare, a joint head re-fit on the mixed task's training split does."""
+    model, result, train, val = split_model
+    other_train = D.synthetic(3, 40, 16, 1, seed=5)
+    torch.manual_seed(1)
+    other = build_model("resnet20", in_channels=1, num_classes=3, width=0.5)
+    T.fit(other, other_train, None, T.FitConfig(epochs=6, batch_size=16), device="cpu", progress=False)
+    other_result = G.decompose(other, other_train, D.synthetic(3, 10, 16, 1, seed=5, split="test"),
+                               G.GradSplitterConfig(first_head_epochs=6, cycle_epochs=0, lr_head=0.05,
+                                                    batch_size=16), device="cpu")
+    modules = [G.to_module(model, result, 0, train), G.to_module(other, other_result, 1, other_train)]
+    task_train = D.mixed_task(train, [0], other_train, [1], "train")
+    task_test = D.mixed_task(val, [0], D.synthetic(3, 15, 16, 1, seed=5, split="test"), [1], "test")
+    composed = C.ComposedClassifier(modules)
+    before = C.evaluate_composed(composed, task_test, device="cpu")["accuracy"]
+    head_before = modules[0].head.fc1.weight.clone()
+    losses = composed.refit_heads(task_train, epochs=40, lr=0.02)
+    after = C.evaluate_composed(composed, task_test, device="cpu")["accuracy"]
+    assert losses[-1] < losses[0] and after >= max(before, 0.9)
+    assert torch.equal(modules[0].head.fc1.weight, head_before)   # the modules themselves are unchanged
+    with pytest.raises(ValueError, match="epochs"):
+        composed.refit_heads(task_train, epochs=-1)

@@ -135,3 +135,40 @@ def test_cached_logits_recompute_only_changed_modules(tiny_data):
     assert cache["recomputed"] == 5
     torch.testing.assert_close(again, splitter.all_logits(train), atol=1e-5, rtol=1e-4)
     assert torch.equal(again[[0, 1, 3]], first[[0, 1, 3]]) and not torch.allclose(again[2], first[2])
+
+
+def test_per_module_selection_picks_each_modules_own_epoch():
+    """Three epochs, two modules, four validation samples (labels 0, 0, 1, 1). Module 0 can drop to
+    epoch 2's small masks without hurting the composition; module 1's epoch 2 would, so it stays."""
+    labels = torch.tensor([0, 0, 1, 1])
+    good = torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.1, 0.9], [0.2, 0.8]])
+    scores = torch.stack([good, good, good.clone()])          # (E, V, N)
+    scores[2, :, 1] = torch.tensor([0.95, 0.95, 0.3, 0.3])    # module 1 at epoch 3: fires on class 0
+    krr = torch.tensor([[1.0, 1.0], [0.5, 0.8], [0.2, 0.3]])  # (E, N)
+    assert G.select_per_module(scores, krr, labels, target=0.99, start=0) == [2, 1]
+    # the bar is the start's accuracy when the target cannot be met
+    assert G.select_per_module(scores, krr, labels, target=1.5, start=0) == [2, 1]
+    # a hand-made history where module 1's small epoch is fine too: both move
+    scores[2, :, 1] = good[:, 1]
+    assert G.select_per_module(scores, krr, labels, target=0.99, start=0) == [2, 2]
+
+
+def test_per_module_selection_and_head_refit_in_a_search(tiny_data):
+    train, test = tiny_data
+    model = tiny_model("simcnn", in_channels=1, num_classes=4)
+    val, _ = D.train_val_split(test, 0.5, seed=0)
+    cfg = G.GradSplitterConfig(first_head_epochs=1, cycle_epochs=3, cycle_mask=2, cycle_head=1, init="value",
+                               init_value=0.02, lr_mask=0.05, batch_size=32, select="per_module",
+                               refit_head_epochs=5, select_tolerance=0.5)
+    r = G.decompose(model, train, val, cfg, device="cpu")
+    assert len(r.selected_epochs) == 4 and all(1 <= e <= 4 for e in r.selected_epochs)
+    for k, v in r.masks.items():      # each module's masks are those of its own epoch
+        assert v.shape[0] == 4
+    assert r.refit["epochs"] == 5 and r.refit["val_accuracy_after"] >= 0
+    assert r.val_accuracy >= r.refit["val_accuracy_before"]   # a re-fit is kept only when it does not hurt
+    report = G.evaluate_modules(model, r, val, test, device="cpu")
+    composed_val = float((G.module_scores(model, r, val, device="cpu").argmax(1) == val.labels).float().mean())
+    assert composed_val == pytest.approx(r.val_accuracy, abs=1e-6)
+    assert 0 <= report["krr_mean"] <= 1
+    with pytest.raises(ValueError, match="select='best'"):
+        G.GradSplitterConfig(select="best")

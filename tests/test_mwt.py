@@ -10,7 +10,7 @@ from modtools import mwt as W
 from modtools import train as T
 from modtools.errors import EmptyMaskError, InvalidClassError
 from modtools.extract import extract, extraction_error
-from modtools.masks import random_masks
+from modtools.masks import find_maskable_layers, random_masks
 
 from conftest import tiny_model
 
@@ -137,3 +137,30 @@ def test_short_run_is_deterministic_and_modules_work(tmp_path):
         W.subtask_module(m1, s1, u, [0, 7], data, cfg)
     with pytest.raises(InvalidClassError, match="twice"):
         W.subtask_module(m1, s1, u, [1, 1], data, cfg)
+
+
+def test_bypassable_layers_are_residual_branches_not_plain_paths():
+    from modtools.masks import bypassable_layers
+
+    res = W.GatedModel(tiny_model("resnet20")).plain_backbone()
+    layers = find_maskable_layers(res)[1:]
+    names = bypassable_layers(res, layers, (3, 32, 32))
+    # in a ResNet every gated conv has a parallel path: the identity, or the other branch of a
+    # downsampling block (its 1×1 shortcut conv and its conv1 → conv2 run side by side)
+    assert names == [layer.name for layer in layers]
+    plain = tiny_model("vgg16")
+    assert bypassable_layers(plain, find_maskable_layers(plain), (3, 32, 32)) == []
+
+
+def test_an_empty_residual_branch_is_bypassed_and_a_plain_one_is_not(tmp_path):
+    # class 0 never opens layer "b"'s gates: on a residual branch it is bypassed, on a plain path not
+    on = torch.tensor([[1, 1, 0, 0], [1, 0, 1, 1], [1, 1, 0, 0]], dtype=torch.bool)
+    stats = _stats(on, [0, 1, 0], {"a": (0, 2), "b": (2, 4)})
+    stats.bypassable = ["b"]
+    u, dec = W.module_masks(stats, 0.9, "lower")
+    assert dec == [{"class": 0, "layer": "b", "policy": "bypass", "threshold": 0.9}] and not u[0, 2:].any()
+    stats.bypassable = []
+    with pytest.raises(EmptyMaskError, match="plain path"):
+        W.module_masks(stats, 0.9, "lower")
+    u, dec = W.module_masks(stats, 0.9, "top1")
+    assert dec[0]["policy"] == "top1" and u[0, 2:].sum() == 1

@@ -15,7 +15,11 @@ REQUIRED = {"00_quickstart": ["accuracy_model", "accuracy_module", "macs_ratio",
             "40_mwt_modular_training": ["accuracy_modular", "accuracy_standard", "seconds_per_epoch_modular",
                                         "seconds_per_epoch_standard"],
             "41_mwt_threshold_sweep": ["thresholds", "krr", "cohesion", "coupling", "reuse_krr", "reuse_accuracy"],
-            "42_mwt_subtask_reuse": ["subtasks"]}
+            "42_mwt_subtask_reuse": ["subtasks"],
+            "50_seam_binary": ["classes"],
+            "51_seam_multiclass": ["groups"],
+            "52_seam_defect_inheritance": ["thresholds", "dir_standard", "dir_seam", "accuracy_standard",
+                                           "accuracy_seam"]}
 
 
 @pytest.mark.notebook
@@ -39,14 +43,25 @@ def test_notebook_smoke(tmp_path, name, monkeypatch):
         for task in results["subtasks"]:
             assert {"classes", "krr", "macs_ratio", "accuracy_module", "accuracy_standard"} <= set(task)
             assert 0 < task["macs_ratio"] < 1.05 and 0 <= task["accuracy_module"] <= 1  # the head adds a little
+    if name == "50_seam_binary":
+        assert all({"accuracy_original", "accuracy_reengineered", "wrr"} <= set(c) for c in results["classes"])
+    if name == "51_seam_multiclass":
+        for g in results["groups"]:
+            assert {"accuracy_original", "accuracy_reengineered", "wrr", "macs_ratio_structured",
+                    "latency_ratio"} <= set(g)
+    if name == "52_seam_defect_inheritance":
+        n = len(results["thresholds"])
+        assert all(len(results[k]) == n for k in ("dir_standard", "dir_seam", "accuracy_standard", "accuracy_seam"))
     figures = list((tmp_path / "figures").glob(f"{name}_*.png"))
     assert figures and all(f.stat().st_size > 1000 for f in figures)
     assert (tmp_path / "runs" / name / f"{name}.ipynb").is_file() and result.seconds > 0
 
 
-def test_failing_notebook_names_the_cell(tmp_path):
-    with pytest.raises(runner.NotebookFailed, match=r"failed in cell \d+.*InvalidClassError"):
-        runner.run_notebook("00_quickstart", "smoke", {"target_class": 99}, run_dir=tmp_path / "r",
+def test_failing_notebook_names_the_cell(tmp_path, monkeypatch):
+    monkeypatch.setenv("MODTOOLS_DOWNLOAD", "0")
+    monkeypatch.setenv("MODTOOLS_DATA", str(tmp_path / "no-data"))   # CIFAR-10 is not there: fails at run time
+    with pytest.raises(runner.NotebookFailed, match=r"failed in cell \d+.*DatasetNotFoundError"):
+        runner.run_notebook("00_quickstart", "smoke", {"dataset": "cifar10"}, run_dir=tmp_path / "r",
                             figures_dir=tmp_path / "f")
 
 

@@ -1,0 +1,176 @@
+"""SeaM: target problems, masks and WRR, the selection rule, modules, costs, and the attacks."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+from modtools import attacks as A
+from modtools import data as D
+from modtools import seam as S
+from modtools import train as T
+from modtools.errors import InvalidClassError, UnknownNameError
+from modtools.module import Module
+
+from conftest import tiny_model
+
+
+@pytest.fixture(scope="module")
+def trained():
+    train = D.synthetic(4, 40, 16, 1, seed=0)
+    test = D.synthetic(4, 20, 16, 1, seed=0, split="test")
+    torch.manual_seed(0)
+    model = tiny_model("resnet20", in_channels=1, num_classes=4)
+    T.fit(model, train, None, T.FitConfig(epochs=5, batch_size=16), device="cpu", progress=False)
+    return model.eval(), train, test
+
+
+def test_target_problems_and_bad_inputs():
+    names = D.FASHION_MNIST_CLASSES
+    p = S.target_problem(7, names, "fashion-mnist")
+    assert p.kind == "binary" and p.classes == [7] and p.name == "Sneaker vs rest"
+    g = S.target_problem("footwear", names, "fashion-mnist")
+    assert g.kind == "multiclass" and g.classes == [5, 7, 9]
+    assert S.target_problem([1, 3], names).class_names == ["Trouser", "Dress"]
+    assert len(S.group_classes("cifar100", "fish")) == 5
+    with pytest.raises(InvalidClassError, match="class id 12.*0..9"):
+        S.target_problem(12, names, "fashion-mnist")
+    with pytest.raises(InvalidClassError, match="empty"):
+        S.target_problem([], names)
+    with pytest.raises(UnknownNameError, match="unknown class group 'shoes'.*tops, footwear, rest"):
+        S.target_problem("shoes", names, "fashion-mnist")
+    with pytest.raises(ValueError, match="alpha=-1.*>= 0"):
+        S.SeaMConfig(alpha=-1)
+    assert S.SeaMConfig.published("binary", "resnet20", "cifar10").lr_mask == 0.05
+    assert [S.phase(e, S.SeaMConfig()) for e in range(10)] == ["head"] + ["joint"] * 4 + ["head"] + ["joint"] * 4
+
+
+def test_binary_problem_data_is_balanced_and_seeded(trained):
+    _, train, _ = trained
+    p = S.target_problem(2, train.class_names)
+    a, b = p.data(train, "train", seed=3), p.data(train, "train", seed=3)
+    assert torch.equal(a.labels, b.labels) and int(a.labels.sum()) * 2 == len(a)
+
+
+def test_all_ones_scores_change_nothing_and_wrr_counts_weights_and_biases(trained):
+    model, train, _ = trained
+    p = S.target_problem([0, 1], train.class_names)
+    engine = S.Reengineer(model, p, S.SeaMConfig(), train.shape, "cpu")
+    x = train.float_images()[:6]
+    engine.refresh_alive()
+    with torch.no_grad():
+        assert torch.equal(engine.model(x), model(x))
+    expected = sum(m.weight.numel() + (m.bias.numel() if m.bias is not None else 0)
+                   for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+    assert sum(s.numel() for s in engine.weights.scores().values()) == expected   # no BN, no head
+    assert float(engine.retention().detach()) == 1.0
+    with torch.no_grad():
+        next(iter(engine.weights.scores().values())).fill_(-1.0)
+    first = next(iter(engine.weights.scores().values())).numel()
+    assert float(engine.retention().detach()) == pytest.approx(1 - first / expected)
+    engine.gating.remove()
+
+
+def test_selection_rule_on_scripted_epochs():
+    rule = S.SelectionRule(acc_pre=0.90)
+    script = [(0.85, 0.95), (0.91, 0.8009), (0.92, 0.8004), (0.93, 0.8005), (0.89, 0.50), (0.95, 0.70), (0.90, 0.70)]
+    out = [rule.observe(e + 1, a, w)[0] for e, (a, w) in enumerate(script)]
+    # 1: below the bar; 2: the first to reach it; 3: same 0.1 % bucket, lower WRR, more accurate; 4: a larger
+    # WRR is refused even when more accurate; 5: below the bar; 6: a lower bucket; 7: not more accurate
+    assert out == [False, True, True, False, False, True, False] and rule.selected == 6
+    never = S.SelectionRule(acc_pre=0.99)
+    for e, (a, w) in enumerate([(0.7, 0.9), (0.8, 0.6), (0.75, 0.3)]):
+        never.observe(e + 1, a, w)
+    assert never.best_epoch is None and never.selected == 3          # backup: the largest acc − WRR
+    stopper = S.SelectionRule(acc_pre=0.5, early_stop=2)
+    stops = [stopper.observe(e + 1, a, w)[2] for e, (a, w) in enumerate([(0.6, 0.9), (0.4, 0.8), (0.4, 0.7)])]
+    assert stops == [False, False, True]
+    assert not any(S.SelectionRule(0.5, -1).observe(e, 0.1, 0.1)[2] for e in range(5))   # -1 never stops
+
+
+def test_reengineering_module_round_trip_and_costs(trained, tmp_path):
+    model, train, test = trained
+    p = S.target_problem(1, train.class_names)
+    tr, va, te = p.data(train, "train"), p.data(test, "validation"), p.data(test, "test")
+    cfg = S.SeaMConfig(lr_mask=0.2, alpha=2.0, epochs=4, init_value=0.5, augment=False, batch_size=16)
+    r1 = S.reengineer(model, p, tr, va, cfg, device="cpu")
+    r2 = S.reengineer(model, p, tr, va, cfg, device="cpu")
+    assert all(torch.equal(r1.masks[k], r2.masks[k]) for k in r1.masks)          # seeded and deterministic
+    assert r1.wrr < 1.0 and 1 <= r1.selected_epoch <= 4
+    assert [h["phase"] for h in r1.history] == ["head", "joint", "joint", "joint"]
+    dense = S.reengineered_model(model, r1, tr.shape)
+    module = S.to_module(model, r1, tr)
+    x = te.float_images()
+    with torch.no_grad():
+        torch.testing.assert_close(module(x), dense(x), atol=1e-5, rtol=1e-4)     # dead kernels removed exactly
+    folder = module.save(tmp_path / "seam")
+    from modtools.io import load_tensors
+    stored = load_tensors(folder / "weights.safetensors")
+    conv = next(k for k in stored if k.startswith("network.") and k.endswith("conv1.weight"))
+    assert (stored[conv] == 0).any()                                            # pruned weights are exact zeros
+    again = Module.load(folder, model=model)
+    with torch.no_grad():
+        assert torch.equal(again(x), module(x))
+    card = again.card()
+    assert card["approach"] == "seam" and card["metrics"]["wrr"] == pytest.approx(r1.wrr)
+    assert card["task"]["kind"] == "binary" and card["metrics"]["kept_weights"] > 0
+    costs = S.cost_report(model, r1, module, tr.shape, batch_size=8, repeats=2)
+    assert costs["macs"]["nonzero"] <= costs["macs"]["dense"] and costs["macs"]["structured"] <= costs["macs"]["original"]
+    assert 0 < costs["macs_ratio_structured"] <= 1 and costs["latency_seconds"]["structured"] > 0
+
+
+def test_kernel_level_variant_is_structured(trained):
+    model, train, test = trained
+    p = S.target_problem([0, 2, 3], train.class_names)
+    tr, va = p.data(train, "train"), p.data(test, "validation")
+    cfg = S.SeaMConfig(lr_mask=0.2, alpha=3.0, epochs=3, init_value=0.3, augment=False, batch_size=16,
+                       kernel_level=True)
+    r = S.reengineer(model, p, tr, va, cfg, device="cpu")
+    module = S.to_module(model, r, tr)
+    dense = S.reengineered_model(model, r, tr.shape)
+    x = va.float_images()
+    with torch.no_grad():
+        torch.testing.assert_close(module(x), dense(x), atol=1e-5, rtol=1e-4)
+    assert all(v.ndim == 1 for v in r.masks.values())
+
+
+def test_pgd_keeps_its_budget_and_lowers_accuracy(trained):
+    model, _, test = trained
+    x, y = test.float_images(), test.labels
+    g = torch.Generator().manual_seed(0)
+    adv = A.pgd(model, x, A.classification_loss(y), eps=0.1, steps=10, step_size=0.03, generator=g)
+    assert float((adv - x).abs().max()) <= 0.1 + 1e-6 and float(adv.min()) >= 0 and float(adv.max()) <= 1
+    assert torch.equal(A.pgd(model, x, A.classification_loss(y), eps=0.0), x)
+    with torch.no_grad():
+        clean = float((model(x).argmax(1) == y).float().mean())
+        attacked = float((model(adv).argmax(1) == y).float().mean())
+    assert attacked < clean
+    fg = A.fgsm(model, x, A.classification_loss(y), eps=0.05)
+    assert float((fg - x).abs().max()) <= 0.05 + 1e-6
+    with pytest.raises(ValueError, match="eps=1.5"):
+        A.pgd(model, x, A.classification_loss(y), eps=1.5)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        A.pgd(model, x * 3, A.classification_loss(y), eps=0.1)
+    feat = A.feature_loss(torch.tensor([[1000.0, 0.0, 0.0]]))
+    assert float(feat) == 0.0 and float(A.feature_loss(torch.zeros(1, 3))) < 0
+
+
+def test_defect_inheritance_rate_by_hand():
+    labels = torch.tensor([0, 1, 2, 3, 0])
+    clean = torch.tensor([0, 1, 2, 0, 0])     # 4 correct
+    adv = torch.tensor([0, 2, 2, 3, 1])       # of those, samples 1 and 4 are turned wrong
+    assert A.defect_inheritance_rate(clean, adv, labels) == pytest.approx(0.5)
+    assert A.defect_inheritance_rate(torch.ones(3, dtype=torch.long), torch.zeros(3, dtype=torch.long),
+                                     torch.zeros(3, dtype=torch.long)) == 0.0
+
+
+def test_pgd_matches_torchattacks_when_installed(trained):
+    ta = pytest.importorskip("torchattacks")
+    model, _, test = trained
+    x, y = test.float_images(), test.labels
+    ours = A.pgd(model, x, A.classification_loss(y), eps=8 / 255, step_size=2 / 255, steps=10, random_start=False)
+    theirs = ta.PGD(model, eps=8 / 255, alpha=2 / 255, steps=10, random_start=False)(x, y)
+    with torch.no_grad():
+        a = float((model(ours).argmax(1) == y).float().mean())
+        b = float((model(theirs).argmax(1) == y).float().mean())
+    assert abs(a - b) <= 0.05
