@@ -47,10 +47,24 @@ class BaselineConfig:
             raise ValueError(f"head={self.head!r} is not supported; use one of {HEADS}")
 
 
+CONFIDENCE_FALLBACKS = ("raise", "all")
+
+
 @torch.no_grad()
 def kernel_importance(model: nn.Module, ds: D.ImageDataset, layers: list[MaskableLayer] | None = None,
-                      batch_size: int = 256, device: str = "auto") -> dict[str, torch.Tensor]:
-    """Mean post-activation of every kernel per class: ``{layer: (num_classes, C)}``, one data pass."""
+                      batch_size: int = 256, device: str = "auto", confidence: float | None = None,
+                      fallback: str = "raise") -> dict[str, torch.Tensor]:
+    """Mean post-activation of every kernel per class: ``{layer: (num_classes, C)}``, one data pass.
+
+    With ``confidence``, a sample counts only when the model gives its own class at least that
+    probability (CNNSplitter's rule). A class with no such sample raises
+    :class:`~modtools.errors.EmptyClassError` naming it and the threshold, unless ``fallback="all"``,
+    which then uses all of that class's samples.
+    """
+    if fallback not in CONFIDENCE_FALLBACKS:
+        raise ValueError(f"fallback={fallback!r} is not allowed; use one of {CONFIDENCE_FALLBACKS}")
+    if confidence is not None and not 0.0 <= confidence <= 1.0:
+        raise ValueError(f"confidence={confidence} is out of range; allowed: 0 <= confidence <= 1")
     dev = resolve_device(device)
     model.eval().to(dev)
     layers = layers or find_maskable_layers(model)
@@ -61,6 +75,8 @@ def kernel_importance(model: nn.Module, ds: D.ImageDataset, layers: list[Maskabl
                               "kernel importance needs every class")
     sums = {layer.name: torch.zeros(ds.num_classes, layer.out_channels, dtype=torch.float64, device=dev)
             for layer in layers}
+    all_sums = {k: v.clone() for k, v in sums.items()} if confidence is not None else None
+    kept = torch.zeros(ds.num_classes, dtype=torch.float64, device=dev)
     current: dict[str, torch.Tensor] = {}
 
     def gate(layer, out, x_in):
@@ -70,11 +86,31 @@ def kernel_importance(model: nn.Module, ds: D.ImageDataset, layers: list[Maskabl
 
     with ChannelGating(model, layers, gate):
         for x, y in D.TensorLoader(ds, batch_size):
-            model(x.to(dev))
+            out = model(x.to(dev))
             y = y.to(dev)
+            if confidence is None:
+                for name, act in current.items():
+                    sums[name].index_add_(0, y, act.double())
+                continue
+            keep = torch.softmax(out.float(), 1).gather(1, y[:, None]).squeeze(1) >= confidence
+            kept.index_add_(0, y[keep], torch.ones(int(keep.sum()), dtype=torch.float64, device=dev))
             for name, act in current.items():
-                sums[name].index_add_(0, y, act.double())
-    return {k: (v / counts.to(dev)[:, None]).float().cpu() for k, v in sums.items()}
+                sums[name].index_add_(0, y[keep], act[keep].double())
+                all_sums[name].index_add_(0, y, act.double())
+    if confidence is None:
+        return {k: (v / counts.to(dev)[:, None]).float().cpu() for k, v in sums.items()}
+    empty = torch.nonzero(kept == 0).flatten().tolist()
+    if empty and fallback == "raise":
+        names = ", ".join(f"{c} ({ds.class_names[c]!r})" for c in empty)
+        raise EmptyClassError(f"no sample of class {names} is predicted with probability >= {confidence}; "
+                              f"lower the confidence threshold or pass fallback='all' (options: {CONFIDENCE_FALLBACKS})")
+    out = {}
+    for name in sums:
+        use_all = (kept == 0)[:, None]
+        num = torch.where(use_all, all_sums[name], sums[name])
+        den = torch.where(use_all, counts.to(dev)[:, None], kept[:, None])
+        out[name] = (num / den).float().cpu()
+    return out
 
 
 def top_fraction_masks(importance: dict[str, torch.Tensor], classes: Sequence[int],

@@ -67,6 +67,7 @@ class SeaMConfig:
     augment: bool = True           # random crop + flip while re-engineering (published)
     steps_per_epoch: int | None = None   # cap the mini-batches per epoch (None: the whole split)
     early_stop: int = -1           # stop after this many accepted-then-failing epochs (-1: never, published)
+    select_tolerance: float = 0.0  # accept epochs within this of the original's validation accuracy (published: 0)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -76,6 +77,7 @@ class SeaMConfig:
         check_range("epochs", self.epochs, self.epochs >= 1, "an integer >= 1")
         check_range("batch_size", self.batch_size, self.batch_size >= 1, "an integer >= 1")
         check_range("head_every", self.head_every, self.head_every >= 1, "an integer >= 1")
+        check_range("select_tolerance", self.select_tolerance, 0 <= self.select_tolerance < 1, "0 <= tolerance < 1")
         check_range("steps_per_epoch", self.steps_per_epoch, self.steps_per_epoch is None or self.steps_per_epoch >= 1,
                     "None or an integer >= 1")
 
@@ -341,7 +343,7 @@ class Reengineer:
         opt_hm = torch.optim.Adam([{"params": self.mask_params, "lr": cfg.lr_mask},
                                    {"params": self.head.parameters(), "lr": cfg.lr_head}])
         loader = D.TensorLoader(train, cfg.batch_size, shuffle=True, seed=cfg.seed, augment=cfg.augment)
-        rule = SelectionRule(acc_pre, cfg.early_stop)
+        rule = SelectionRule(acc_pre - cfg.select_tolerance, cfg.early_stop)
         history, best, backup = [], None, None
         epochs = range(cfg.epochs)
         if progress:

@@ -5,7 +5,7 @@ or by SeaM's three steps, and measure how many of the source's adversarial defec
   on the target data (the new layer at 10× the learning rate).
 * **SeaM** (the spec's three steps): (1) a linear probe: only the new layer trains, on the target
   data; (2) re-engineering of that model: weight masks on every conv, the new layer trained along,
-  ``CE + α·WRR``, until the pruned share reaches the threshold (the masks of that epoch are copied);
+  ``CE + α·WRR``, until the pruned share reaches the threshold (checked every step; the masks are copied);
   (3) a fresh copy of the source model with the pruned conv weights set to 0 and a new last layer,
   fine-tuned like (a) (zeroed weights may grow back).
 * **Defects**: PGD crafts inputs against the source model's *features* (the input of its last
@@ -13,6 +13,8 @@ or by SeaM's three steps, and measure how many of the source's adversarial defec
   to each fine-tuned model; DIR is the share of clean-correct test samples the attack turns wrong.
 """
 from __future__ import annotations
+
+from typing import Sequence
 
 import copy
 import time
@@ -115,8 +117,18 @@ def reengineer_convs(model: nn.Module, train: D.ImageDataset, threshold: float, 
                      device: str = "auto") -> tuple[dict[str, torch.Tensor], list[dict]]:
     """Step 2: weight masks on every conv of ``model`` (a copy is masked), the last layer trained along,
     until the pruned share ``1 − WRR`` reaches ``threshold``; returns copies of those binary masks."""
-    if not 0.0 < threshold < 1.0:
-        raise ValueError(f"threshold={threshold} is out of range; allowed: 0 < threshold < 1")
+    return reengineer_at_thresholds(model, train, [threshold], cfg, device)[threshold]
+
+
+def reengineer_at_thresholds(model: nn.Module, train: D.ImageDataset, thresholds: Sequence[float], cfg: DefectConfig,
+                             device: str = "auto") -> dict[float, tuple[dict[str, torch.Tensor], list[dict]]]:
+    """Step 2 for several thresholds in one run: the masks are copied at the first step where the pruned
+    share reaches each threshold. A run stopped at a threshold is the prefix of this run (same seed, same
+    data order), so the masks equal those of separate runs, at the cost of the longest one."""
+    todo = sorted(float(t) for t in thresholds)
+    for t in todo:
+        if not 0.0 < t < 1.0:
+            raise ValueError(f"threshold={t} is out of range; allowed: 0 < threshold < 1")
     dev = resolve_device(device)
     seed_everything(cfg.seed)
     net = copy.deepcopy(model).to(dev).eval()
@@ -129,42 +141,66 @@ def reengineer_convs(model: nn.Module, train: D.ImageDataset, threshold: float, 
     opt = torch.optim.Adam([{"params": wm.parameters(), "lr": cfg.lr_mask},
                             {"params": list(head.parameters()), "lr": 0.001}])
     loader = D.TensorLoader(train, cfg.batch_size, shuffle=True, seed=cfg.seed)
-    history, masks = [], None
+    history: list[dict] = []
+    out: dict[float, tuple[dict[str, torch.Tensor], list[dict]]] = {}
+
+    def snapshot(epoch_row: dict) -> tuple[dict[str, torch.Tensor], list[dict]]:
+        masks = {k: v.detach().clone().cpu().bool() for k, v in wm.masks().items()}  # copies (the original aliased them)
+        return masks, history + [epoch_row]
+
     for epoch in range(cfg.max_reengineer_epochs):
         t0 = time.perf_counter()
         for x, y in loader:
             x, y = x.to(dev), y.to(dev)
-            loss = F.cross_entropy(net(x), y) + cfg.alpha * wm.retention()
+            wrr = wm.retention()
+            loss = F.cross_entropy(net(x), y) + cfg.alpha * wrr
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        wrr = float(wm.retention().detach())
-        history.append({"epoch": epoch + 1, "wrr": wrr, "seconds": time.perf_counter() - t0})
-        masks = {k: v.detach().clone().cpu().bool() for k, v in wm.masks().items()}
-        if 1.0 - wrr >= threshold:
+            pruned = 1.0 - float(wm.retention().detach())
+            while todo and pruned >= todo[0]:                          # checked every step
+                row = {"epoch": epoch + 1, "wrr": 1.0 - pruned, "seconds": time.perf_counter() - t0}
+                out[todo.pop(0)] = snapshot(row)
+            if not todo:
+                break
+        if not todo:
             break
+        history.append({"epoch": epoch + 1, "wrr": float(wm.retention().detach()), "seconds": time.perf_counter() - t0})
+    for t in todo:                                                     # not reached: the last masks
+        out[t] = ({k: v.detach().clone().cpu().bool() for k, v in wm.masks().items()}, list(history))
     wm.remove()
-    return masks, history
+    return out
 
 
 def seam_finetune(source: nn.Module, train: D.ImageDataset, val: D.ImageDataset, threshold: float,
                   cfg: DefectConfig, device: str = "auto") -> tuple[nn.Module, dict]:
     """(b): SeaM's three steps (see the module docstring); returns the fine-tuned model and a report."""
+    return seam_finetune_sweep(source, train, val, [threshold], cfg, device)[0]
+
+
+def seam_finetune_sweep(source: nn.Module, train: D.ImageDataset, val: D.ImageDataset, thresholds: Sequence[float],
+                        cfg: DefectConfig, device: str = "auto") -> list[tuple[nn.Module, dict]]:
+    """:func:`seam_finetune` for several thresholds, sharing step 1 and one step-2 run; in ``thresholds`` order."""
     dev = resolve_device(device)
     probe = with_new_head(source, train.num_classes, cfg.seed)
     head = last_linear(probe)[1]
     fit(probe, train, val, FitConfig(epochs=cfg.probe_epochs, batch_size=cfg.batch_size, lr=cfg.probe_lr,
                                      momentum=0.0, weight_decay=1e-4, schedule="constant", select_best=True,
                                      seed=cfg.seed), device=dev, progress=False, params=list(head.parameters()))
-    masks, history = reengineer_convs(probe, train, threshold, cfg, dev)
-    net = with_new_head(source, train.num_classes, cfg.seed)
-    params = dict(net.named_parameters())
-    with torch.no_grad():
-        for name, mask in masks.items():
-            params[name].mul_(mask.to(params[name].dtype))
-    pruned = 1.0 - history[-1]["wrr"]
-    _finetune(net, train, val, cfg, dev)
-    return net.eval(), {"pruned": pruned, "reengineer_epochs": len(history), "reengineer_history": history}
+    runs = reengineer_at_thresholds(probe, train, thresholds, cfg, dev)
+    out = []
+    for t in thresholds:
+        masks, history = runs[float(t)]
+        net = with_new_head(source, train.num_classes, cfg.seed)
+        params = dict(net.named_parameters())
+        with torch.no_grad():
+            for name, mask in masks.items():
+                params[name].mul_(mask.to(params[name].dtype))
+        pruned = 1.0 - history[-1]["wrr"]
+        _finetune(net, train, val, cfg, dev)
+        out.append((net.eval(), {"threshold": float(t), "pruned": pruned, "reengineer_epochs": len(history),
+                                 "reengineer_history": history}))
+    return out
 
 
 def adversarial_set(source: nn.Module, test: D.ImageDataset, cfg: DefectConfig, device: str = "auto") -> torch.Tensor:

@@ -52,9 +52,9 @@ finetune_lr = 0.01         # lr of the hidden layers; the new last layer learns 
 probe_epochs = 3           # SeaM step 1: epochs of the linear probe
 probe_lr = 0.1             # SeaM step 1: lr (spec: 0.1)
 lr_mask = 0.05             # SeaM step 2: Adam lr of the masks (spec README: 0.05)
-alpha = 0.5                # SeaM step 2: weight of the WRR (spec README: 0.5)
-init_value = 0.2           # SeaM step 2: initial mask scores (spec: 1.0)
-max_reengineer_epochs = 30 # SeaM step 2 stops at the threshold or after this many epochs
+alpha = 1.0                # SeaM step 2: weight of the WRR (spec README: 0.5)
+init_value = 0.5           # SeaM step 2: initial mask scores (spec: 1.0)
+max_reengineer_epochs = 30 # SeaM step 2 stops at the threshold (checked every step) or after this many epochs
 eps = 0.1                  # L∞ budget of the attack, in [0, 1] input space
 attack_steps = 20          # PGD steps
 attack_step_size = 0.01    # PGD step size
@@ -97,13 +97,14 @@ standard = SD.standard_finetune(model, target_train, target_val, cfg, device=dev
 standard_report = {**SD.defect_rate(standard, target_test, adversarial, device=device),
                    "seconds": time.perf_counter() - t0}
 print(f"standard fine-tuning: accuracy {standard_report['accuracy']:.3f}, DIR {standard_report['dir']:.3f}")
+# one re-engineering run serves every threshold: its masks are copied as each threshold is reached
+t0 = time.perf_counter()
+students = SD.seam_finetune_sweep(model, target_train, target_val, thresholds, cfg, device=device)
+seam_seconds = time.perf_counter() - t0
 seam_rows = []
-for t in thresholds:
-    t0 = time.perf_counter()
-    student, info = SD.seam_finetune(model, target_train, target_val, t, cfg, device=device)
+for t, (student, info) in zip(thresholds, students):
     row = {"threshold": t, **SD.defect_rate(student, target_test, adversarial, device=device),
-           "pruned": info["pruned"], "reengineer_epochs": info["reengineer_epochs"],
-           "seconds": time.perf_counter() - t0}
+           "pruned": info["pruned"], "reengineer_epochs": info["reengineer_epochs"]}
     seam_rows.append(row)
     print(f"SeaM t={t:.1f} (pruned {row['pruned']:.2f}): accuracy {row['accuracy']:.3f}, DIR {row['dir']:.3f}")
 
@@ -112,6 +113,6 @@ results = {"source": source, "target": target, "arch": arch, "eps": eps, "thresh
            "dir_standard": [standard_report["dir"]] * len(thresholds), "dir_seam": [r["dir"] for r in seam_rows],
            "accuracy_standard": [standard_report["accuracy"]] * len(thresholds),
            "accuracy_seam": [r["accuracy"] for r in seam_rows], "seam_runs": seam_rows, "standard": standard_report,
-           "source_accuracy": record["test_accuracy"], "config": cfg.__dict__}
+           "source_accuracy": record["test_accuracy"], "seam_seconds": seam_seconds, "config": cfg.__dict__}
 write_results(run_dir, NOTEBOOK, params, results, device=str(T.resolve_device(device)), seed=seed)
 plots.save_figure(seam_plots.defect_figure(results), figures_dir, NOTEBOOK, "defects")

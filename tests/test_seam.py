@@ -174,3 +174,20 @@ def test_pgd_matches_torchattacks_when_installed(trained):
         a = float((model(ours).argmax(1) == y).float().mean())
         b = float((model(theirs).argmax(1) == y).float().mean())
     assert abs(a - b) <= 0.05
+
+
+def test_one_reengineering_run_serves_every_threshold(trained):
+    from modtools import seam_defects as SD
+
+    model, train, _ = trained
+    cfg = SD.DefectConfig(max_reengineer_epochs=3, lr_mask=0.1, alpha=2.0, init_value=0.2, batch_size=32)
+    sweep = SD.reengineer_at_thresholds(model, train, [0.05, 0.02, 0.99], cfg, device="cpu")
+    for t in (0.02, 0.05):
+        masks, history = SD.reengineer_convs(model, train, t, cfg, device="cpu")
+        assert all(torch.equal(masks[k], sweep[t][0][k]) for k in masks)
+        assert history[-1]["wrr"] == pytest.approx(sweep[t][1][-1]["wrr"])
+        assert 1 - history[-1]["wrr"] >= t
+    masks, history = sweep[0.99]                       # never reached: the masks after the last epoch
+    assert len(history) == 3 and 1 - history[-1]["wrr"] < 0.99
+    with pytest.raises(ValueError, match="threshold=1.5"):
+        SD.reengineer_at_thresholds(model, train, [0.5, 1.5], cfg, device="cpu")
