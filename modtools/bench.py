@@ -16,6 +16,10 @@ a whole training set, and the cohesion computation for 2,000 samples of one clas
 (ResNet-20 and VGG16, batch 64; target ratio ≤ 1.0), and the latency of the original, the zeroed
 dense and the extracted model for weight masks that keep 10 % of the weights.
 
+``cnnsplitter``: candidates evaluated per second over whole generations of the search (SimCNN ¼,
+200 images, population 100, 10 classes) against the original's rebuild-and-run per candidate
+(target ≥ 3×), the recorder's seconds per generation and the peak memory.
+
 ``extract``: for each zoo architecture and random kernel masks keeping 25/50/75 % of each layer,
 the MAC ratio, parameter ratio, measured CPU latency ratio at batch 64 and batch 1 (extracted /
 full), and the max |masked − extracted| output difference. Target: at batch 64 the latency ratio
@@ -197,6 +201,55 @@ def bench_seam(archs: tuple = (("resnet20", 1.0), ("vgg16", 0.5)), batch_size: i
               f"extracted {costs['latency_ratio']:.2f}", flush=True)
     return {"benchmark": "seam", "batch_size": batch_size, "threads": torch.get_num_threads(), "target_step_ratio": 1.0,
             "rows": rows, "unit": MAC_UNIT}
+
+
+def bench_cnnsplitter(width: float = 0.25, image_size: int = 32, val_images: int = 200, population: int = 100,
+                      generations: int = 2, baseline_candidates: int = 8, seed: int = 0) -> dict:
+    """CNNSplitter: candidates evaluated per second over whole generations of the search (masked or
+    rebuilt, whichever the calibration picks; cached inputs; elites and duplicates never evaluated
+    again) against the original's way, a module rebuilt per candidate and run over the same images
+    with no cache; the recorder's (fitness) seconds per generation; peak memory. Target ≥ 3×."""
+    from . import cnnsplitter as C
+    from . import data as D
+    from .layers import find_maskable_layers
+
+    torch.manual_seed(seed)
+    model = build_model("simcnn", num_classes=10, width=width).eval()
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (val_images, 3, image_size, image_size), generator=g, dtype=torch.uint8)
+    val = D.ImageDataset(images, torch.arange(val_images) % 10, [str(i) for i in range(10)], "random")
+    layers = find_maskable_layers(model, torch.zeros(1, 3, image_size, image_size))
+    ratios = {seg[0]: [0.5, 0.7, 0.9] for seg in C.coupled_segments(model, layers)}
+    cfg = C.CNNSplitterConfig(population=population, generations=generations, parents_mating=population // 2,
+                              keep_parents=population // 5, ratios=ratios, confidence=0.0, seed=seed)
+    _peak_rss_bytes(reset=True)
+    result, peak = _measured(C.search, model, val, val, cfg, "cpu")
+    candidates = population * 10 * (generations + 1)
+    eval_seconds = sum(h["seconds_evaluate"] for h in result.history)
+    ours = candidates / eval_seconds
+    ev = C.Evaluator(model, layers, val, cfg, "cpu")
+    enc_masks = {layer.name: (torch.rand(baseline_candidates, layer.out_channels, generator=g) < 0.7).float()
+                 for layer in layers}
+    t0 = time.perf_counter()
+    ev.rebuilt(0, enc_masks)
+    rebuild_each = (time.perf_counter() - t0) / baseline_candidates
+    t0 = time.perf_counter()
+    ev.masked(0, enc_masks)
+    masked_each = (time.perf_counter() - t0) / baseline_candidates
+    recorder = [h["seconds_fitness"] for h in result.history]
+    out = {"benchmark": "cnnsplitter", "arch": "simcnn", "width": width, "image_size": image_size,
+           "val_images": val_images, "population": population, "classes": 10, "generations": generations + 1,
+           "threads": torch.get_num_threads(), "candidates": candidates, "evaluated": result.evaluation["evaluated"],
+           "skipped_as_seen": result.evaluation["cache_hits"], "chosen_mode": result.evaluation.get("chosen"),
+           "calibration_seconds_per_candidate": result.evaluation.get("seconds_per_candidate"),
+           "candidates_per_second": ours, "original_seconds_per_candidate": rebuild_each,
+           "masked_seconds_per_candidate_uncached": masked_each, "speedup_vs_original": ours * rebuild_each,
+           "target_speedup": 3.0, "recorder_seconds_per_generation": sum(recorder) / len(recorder),
+           "peak_rss_bytes": peak, "successive_halving": "not implemented"}
+    print(f"cnnsplitter simcnn x{width}: {ours:.2f} candidates/s over whole generations vs the original's "
+          f"{1 / rebuild_each:.2f} ({out['speedup_vs_original']:.2f}x, target 3x); recorder "
+          f"{out['recorder_seconds_per_generation']:.2f} s per generation", flush=True)
+    return out
 
 
 def _shape_only(image_size: int):
@@ -417,7 +470,7 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--archs", nargs="*", default=ZOO)
     parser.add_argument("--align", type=int, default=8, help="extract with widths aligned to this multiple")
-    parser.add_argument("--only", choices=("extract", "mwt", "gradsplitter", "seam"), default=None,
+    parser.add_argument("--only", choices=("extract", "mwt", "gradsplitter", "seam", "cnnsplitter"), default=None,
                         help="run one benchmark")
     parser.add_argument("--mwt-arch", default="resnet20", help="architecture of the MwT benchmark")
     parser.add_argument("--mwt-steps", type=int, default=10, help="timed training steps per model")
@@ -448,6 +501,10 @@ def main(argv=None) -> int:
         print(f"wrote {out / 'mwt.json'}: step ratio {results['step_ratio']:.2f} (target <= 1.10), "
               f"gates of {results['modularization_samples']} samples in {results['modularization_seconds']:.1f} s, "
               f"cohesion of {results['cohesion_samples']} samples in {results['cohesion_seconds']:.2f} s")
+    if args.only in (None, "cnnsplitter"):
+        results = bench_cnnsplitter()
+        atomic_write_json(out / "cnnsplitter.json", results)
+        print(f"wrote {out / 'cnnsplitter.json'}")
     if args.only in (None, "seam"):
         results = bench_seam()
         atomic_write_json(out / "seam.json", results)

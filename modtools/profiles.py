@@ -107,11 +107,36 @@ PROFILE_VALUES.update({
     },
 })
 
+_CS_SMOKE = {**_SMOKE_DATA, "width": 0.125, "epochs": 1, "search_val_per_class": None, "population": 4,
+             "generations": 1, "parents_mating": 2, "keep_parents": 1, "keep_min": 2, "keep_max": 10,
+             "sensitivity_grid": [0.5, 1.0]}
+_CS_PAPER = {"dataset": "cifar10", "width": 1.0, "per_class": None, "test_per_class": None, "epochs": 200,
+             "lr": 0.01, "augment": True, "search_val_per_class": None, "population": 100, "generations": 200,
+             "parents_mating": 50, "keep_parents": 20, "mutation_percent": 5.0, "alpha": 0.9, "gamma": 0.9,
+             "keep_min": 50, "keep_max": 500, "confidence": 0.9, "confidence_fallback": "raise",
+             "sensitivity_grid": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0], "sensitivity_tolerance": 0.01}
+PROFILE_VALUES.update({
+    "20_cnnsplitter_modularize": {"smoke": _CS_SMOKE, "quick": {}, "paper": _CS_PAPER},
+    "21_cnnsplitter_patching": {
+        "smoke": {**_CS_SMOKE, "target_classes": [3], "task_classes": [0, 1], "weak_per_class": 10,
+                  "simple_width": 0.0625, "simple_epochs": 1, "overfit_epochs": 2, "gs_search_per_class": None,
+                  "gs_cycle_epochs": 2},
+        "quick": {},
+        # the paper mixes CIFAR-100 classes with one CIFAR-10 TC; here the weak tasks are CIFAR-10 classes
+        "paper": {**_CS_PAPER, "target_classes": [0, 1, 2, 3, 4, 5, 6, 7, 8, 9], "task_classes": [0, 1, 2, 3, 4, 5, 6, 7, 8, 9],
+                  "weak_per_class": 400, "weak_batch_size": 128, "simple_width": 1.0, "simple_epochs": 100,
+                  "simple_lr": 0.01, "overfit_epochs": 200, "underfit_epochs": 20, "weak_lr": 0.01, "gs_search_per_class": None, "gs_cycle_epochs": 140,
+                  "gs_init_value": 1.0, "gs_lr_mask": 0.001, "gs_alpha": 0.1},
+    },
+})
+
 #: The config dataclasses each notebook builds from its parameters (same field names); the runner
 #: builds them before a kernel starts so that their range checks reject bad values early.
 NOTEBOOK_CONFIGS: dict[str, list[str]] = {
     "00_quickstart": ["modtools.train:FitConfig", "modtools.baseline:BaselineConfig"],
     "10_train_models": ["modtools.train:FitConfig"],
+    "20_cnnsplitter_modularize": ["modtools.train:FitConfig", "modtools.cnnsplitter:CNNSplitterConfig"],
+    "21_cnnsplitter_patching": ["modtools.train:FitConfig", "modtools.cnnsplitter:CNNSplitterConfig"],
     "30_gradsplitter_modularize": ["modtools.train:FitConfig", "modtools.gradsplitter:GradSplitterConfig"],
     "31_gradsplitter_compose": ["modtools.train:FitConfig", "modtools.gradsplitter:GradSplitterConfig"],
     "32_gradsplitter_new_task": ["modtools.train:FitConfig", "modtools.gradsplitter:GradSplitterConfig"],
@@ -127,6 +152,7 @@ NOTEBOOK_CONFIGS: dict[str, list[str]] = {
 #: parameters for tasks that mix two sources, ``[[classes of a], [classes of b]]`` per task).
 CLASS_PARAMETERS: dict[str, dict] = {
     "00_quickstart": {"target_class": "dataset"},
+    "21_cnnsplitter_patching": {"target_classes": "dataset", "task_classes": "dataset"},
     "32_gradsplitter_new_task": {"tasks": ("source_a", "source_b")},
     "42_mwt_subtask_reuse": {"subtasks": "dataset"},
     "50_seam_binary": {"target_classes": "dataset"},

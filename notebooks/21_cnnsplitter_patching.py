@@ -1,0 +1,144 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Patching weak models with modules of a strong model
+#
+# *Can a module of a strong model repair a weak model's weakest class without hurting the others?*
+#
+# A weak model is trained on a task that contains a target class (TC, always its last label, as in
+# the paper). Three kinds, as the paper uses them: **simple** (a much narrower network),
+# **overfit** (plain SGD without augmentation on few samples, the late checkpoint) and
+# **underfit** (the early checkpoint of that run). Patching discards the weak model's own TC
+# probability and puts in its place the strong model's TC module score, min-max normalised on the
+# TC's validation samples; the prediction is the argmax. The same weak models are patched with the
+# CNNSplitter module (from `20_cnnsplitter_modularize`, reused through its checkpoint) and with a
+# GradSplitter module of the same strong model, side by side.
+
+# %% tags=["parameters"]
+profile = "quick"          # smoke | quick | paper (set by the runner)
+dataset = "fashion-mnist"  # data set name
+arch = "simcnn"            # architecture of the strong model (as in 20)
+width = 0.125              # width multiplier of the strong model (as in 20)
+per_class = 1000           # training images per class of the strong model (None: all)
+test_per_class = 300       # test images per class (None: all)
+epochs = 4                 # training epochs of the strong model
+lr = 0.05                  # learning rate of the strong model
+augment = False            # random crop + flip while training the strong model
+search_val_per_class = 20  # CNNSplitter validation images per class, None: all (as in 20, the same values reuse its checkpoint)
+population = 16            # CNNSplitter individuals per class
+generations = 12           # CNNSplitter generations
+parents_mating = 8         # CNNSplitter parents per generation
+keep_parents = 4           # CNNSplitter elites
+mutation_percent = 5.0     # CNNSplitter mutation share in percent
+alpha = 0.9                # CNNSplitter accuracy weight
+gamma = 0.9                # CNNSplitter weight rise
+keep_min = 20              # CNNSplitter composes kept per stage, at least
+keep_max = 100             # and at most
+confidence = 0.6           # CNNSplitter importance confidence
+confidence_fallback = "all"  # raise | all
+sensitivity_grid = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8]  # CNNSplitter sensitivity ratios
+sensitivity_tolerance = 0.03  # CNNSplitter sensitivity rule
+eval_mode = "auto"         # auto | masked | rebuild
+patience = None            # CNNSplitter early stop (None: never)
+target_classes = [2, 4]    # target classes (ids of the data set) to patch
+task_classes = [0, 1, 3, 5, 7]  # the other classes of each weak task (the TC is appended last)
+weak_per_class = 100       # training images per class of the weak models
+weak_batch_size = 32       # batch size of the weak models (published: 128, on 8x more images)
+simple_width = 0.03125     # width of the simple weak model (same architecture)
+simple_epochs = 10         # its epochs (SGD, momentum 0.9, constant lr)
+simple_lr = 0.01           # its lr (published: 0.01)
+overfit_epochs = 40        # plain SGD without augmentation, the late checkpoint (published: 200)
+underfit_epochs = 3        # the early checkpoint of the same run
+weak_lr = 0.05             # lr of that run (published: 0.01 for 8x more steps)
+gs_search_per_class = 100  # GradSplitter: training images per class of its search (None: all)
+gs_cycle_epochs = 8        # GradSplitter: mask/head cycle epochs
+gs_init_value = 0.05       # GradSplitter: initial mask score
+gs_lr_mask = 0.003         # GradSplitter: Adam lr of the masks
+gs_alpha = 0.5             # GradSplitter: weight of the kept-kernel rate
+seed = 0                   # every random choice flows from this seed
+device = "auto"            # auto | cpu | cuda
+run_dir = "../runs/21_cnnsplitter_patching"  # results go here
+figures_dir = "../figures"                   # figures go here
+
+# %%
+from pathlib import Path
+
+from modtools import cnnsplitter as C
+from modtools import cnnsplitter_plots, plots
+from modtools import data as D
+from modtools import gradsplitter as G
+from modtools import patch as P
+from modtools import train as T
+from modtools.runner import config_from, current_parameters, write_results
+
+NOTEBOOK = "21_cnnsplitter_patching"
+params = current_parameters(globals(), NOTEBOOK)
+spec = T.ModelSpec(arch=arch, width=width, dataset=dataset, per_class=per_class, test_per_class=test_per_class,
+                   data_seed=seed, fit=T.FitConfig(epochs=epochs, lr=lr, augment=augment, seed=seed))
+data = T.spec_data(spec)
+cache = Path(run_dir).parent / "models"
+model, record = T.train_cached(spec, cache=cache, device=device, data=data)
+search_val = D.limit_per_class(data.val, search_val_per_class, seed=seed)
+cfg = config_from(C.CNNSplitterConfig, params)
+checkpoint = C.checkpoint_folder(cache, spec.key(), cfg, val_per_class=search_val_per_class)
+
+# %% [markdown]
+# ## The strong model's modules: CNNSplitter (reused from 20) and GradSplitter
+
+# %%
+cs_result = C.search(model, data.train, search_val, cfg, device=device, checkpoint=checkpoint)
+gs_cfg = G.GradSplitterConfig(first_head_epochs=2, cycle_epochs=gs_cycle_epochs, cycle_mask=3, cycle_head=1,
+                              init="value", init_value=gs_init_value, lr_mask=gs_lr_mask, lr_head=0.05,
+                              lr_head_later=0.005, alpha=gs_alpha, select="per_module", seed=seed,
+                              schedule="quick")
+gs_result = G.decompose(model, D.limit_per_class(data.train, gs_search_per_class, seed=seed), search_val, gs_cfg,
+                        device=device)
+modules = {}
+for tc in target_classes:
+    modules[(tc, "cnnsplitter")] = C.to_module(model.cpu(), cs_result, tc, data.train)
+    modules[(tc, "gradsplitter")] = G.to_module(model.cpu(), gs_result, tc, data.train)
+print({f"{k[1]} {data.train.class_names[k[0]]}": round(sum(int(v.sum()) for v in m.masks.values()) /
+                                                         sum(v.numel() for v in m.masks.values()), 3)
+       for k, m in modules.items()})
+
+# %% [markdown]
+# ## Weak models and patches
+
+# %%
+patches, weak_records = [], {}
+for tc in target_classes:
+    classes = [c for c in task_classes if c != tc] + [tc]
+    specs = P.weak_specs(spec, classes, weak_per_class, simple_width=simple_width, simple_epochs=simple_epochs,
+                         simple_lr=simple_lr, overfit_epochs=overfit_epochs, underfit_epochs=underfit_epochs,
+                         lr=weak_lr, batch_size=weak_batch_size, seed=seed)
+    for kind, weak_spec in specs.items():
+        weak_data = T.spec_data(weak_spec)
+        weak, rec = T.train_cached(weak_spec, cache=cache, device=device, data=weak_data, progress=False)
+        weak_records[f"{kind}-{tc}"] = {"test_accuracy": rec["test_accuracy"], "key": rec["key"]}
+        for approach in ("cnnsplitter", "gradsplitter"):
+            row = P.patch(weak, classes, modules[(tc, approach)], data.val, weak_data.test, tc, device=device)
+            patches.append({"weak_kind": kind, "weak_classes": classes, **row})
+            print(f"{kind:8s} {row['target_name']:12s} {approach:12s} F1 {row['f1_before']:.3f} -> {row['f1_after']:.3f}, "
+                  f"other classes {row['other_accuracy_before']:.3f} -> {row['other_accuracy_after']:.3f}")
+
+# %%
+results = {"dataset": dataset, "arch": arch, "model_key": spec.key(), "target_classes": list(target_classes),
+           "task_classes": list(task_classes), "patches": patches, "weak_models": weak_records,
+           "strong_test_accuracy": record["test_accuracy"], "cnnsplitter_checkpoint": str(checkpoint),
+           "gradsplitter_config": gs_result.config, "cnnsplitter_config": cs_result.config}
+write_results(run_dir, NOTEBOOK, params, results, device=str(T.resolve_device(device)), seed=seed)
+plots.save_figure(cnnsplitter_plots.patching_figure(results), figures_dir, NOTEBOOK, "patches")
+plots.save_figure(cnnsplitter_plots.published_patching_figure(results), figures_dir, NOTEBOOK, "published")

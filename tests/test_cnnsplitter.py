@@ -1,0 +1,302 @@
+"""CNNSplitter: encoding, evaluation equivalence, GA operators, fitness, determinism, resume, modules,
+and patching weak models."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from modtools import cnnsplitter as C
+from modtools import data as D
+from modtools import patch as P
+from modtools.baseline import kernel_importance
+from modtools.cnnsplitter_fitness import cooperative_fitness, pairwise_jaccard, task_sizes, threshold_for
+from modtools.errors import EmptyClassError, InvalidClassError, ModuleMismatchError
+from modtools.layers import find_maskable_layers
+from modtools.module import Module
+
+from conftest import tiny_model
+
+SMALL = dict(population=6, generations=2, parents_mating=4, keep_parents=2, keep_min=2, keep_max=20,
+             confidence=0.0, sensitivity_grid=[0.5, 1.0], chunk=4)
+
+
+def _importance_in_order(n: int, k: int) -> torch.Tensor:
+    return torch.arange(k, 0, -1, dtype=torch.float64).repeat(n, 1)     # kernel 0 most important
+
+
+def test_encoding_uses_array_split_group_sizes_and_decodes_groups_in_importance_order():
+    cfg = C.CNNSplitterConfig()
+    enc = C.build_encoding({"a": _importance_in_order(2, 23), "b": _importance_in_order(2, 300)}, [["a"], ["b"]], cfg)
+    assert [s["groups"] for s in enc.segments] == [10, 100]
+    assert enc.membership[0][0].sum(1).tolist() == [len(p) for p in np.array_split(np.arange(23), 10)]
+    assert enc.genes == 110
+    bits = torch.zeros(1, enc.genes, dtype=torch.bool)
+    bits[0, 0] = bits[0, 3] = True                       # groups 0 and 3 of "a": ranks 0-2 and 9-10
+    kept = C.decode(bits, 0, enc)
+    assert torch.nonzero(kept[0][0]).flatten().tolist() == [0, 1, 2, 9, 10]
+    assert kept[1][0].tolist() == [True] + [False] * 299  # an empty segment keeps its most important kernel
+    imp = _importance_in_order(2, 23)
+    imp[1] = imp[1].flip(0)                              # class 1 ranks the kernels the other way round
+    enc2 = C.build_encoding({"a": imp}, [["a"]], cfg)
+    one = torch.zeros(1, 10, dtype=torch.bool)
+    one[0, 0] = True
+    assert torch.nonzero(C.decode(one, 1, enc2)[0][0]).flatten().tolist() == [20, 21, 22]
+
+
+def test_residual_stream_layers_share_one_segment_and_its_bits():
+    model = tiny_model("resnet20", in_channels=1, num_classes=3)
+    layers = find_maskable_layers(model, torch.zeros(1, 1, 16, 16))
+    segments = C.coupled_segments(model, layers)
+    assert sorted(n for s in segments for n in s) == sorted(layer.name for layer in layers)
+    shared = [s for s in segments if len(s) > 1]
+    assert shared, "the layers adding into a residual stream form one segment"
+    imp = {layer.name: torch.rand(3, layer.out_channels, dtype=torch.float64) for layer in layers}
+    enc = C.build_encoding(imp, segments, C.CNNSplitterConfig())
+    bits = torch.rand(4, enc.genes, generator=torch.Generator().manual_seed(0)) > 0.5
+    masks = C.layer_masks(C.decode(bits, 1, enc), enc)
+    for seg in shared:
+        for name in seg[1:]:
+            assert torch.equal(masks[name], masks[seg[0]])
+
+
+@pytest.mark.parametrize("arch", ["simcnn", "resnet20"])
+def test_masked_candidates_equal_rebuilt_modules(arch, tiny_data):
+    train, _ = tiny_data
+    model = tiny_model(arch, in_channels=1, num_classes=4)
+    cfg = C.CNNSplitterConfig(**SMALL)
+    layers = find_maskable_layers(model, torch.zeros(1, 1, 16, 16))
+    enc = C.build_encoding(kernel_importance(model, train, layers, device="cpu"), C.coupled_segments(model, layers), cfg)
+    bits = torch.rand(3, enc.genes, generator=torch.Generator().manual_seed(1)) > 0.4
+    masks = C.layer_masks(C.decode(bits, 2, enc), enc)
+    ev = C.Evaluator(model, layers, train.take(range(40)), cfg, "cpu")
+    torch.testing.assert_close(ev.masked(2, masks), ev.rebuilt(2, masks), atol=1e-5, rtol=1e-5)
+
+
+def test_evaluator_never_evaluates_a_chromosome_twice(tiny_data):
+    train, _ = tiny_data
+    model = tiny_model("simcnn", in_channels=1, num_classes=4)
+    cfg = C.CNNSplitterConfig(**SMALL, eval_mode="masked")
+    layers = find_maskable_layers(model, torch.zeros(1, 1, 16, 16))
+    enc = C.build_encoding(kernel_importance(model, train, layers, device="cpu"), C.coupled_segments(model, layers), cfg)
+    bits = torch.rand(2, enc.genes, generator=torch.Generator().manual_seed(2)) > 0.5
+    bits = torch.cat([bits, bits[:1]])                   # a duplicate
+    ev = C.Evaluator(model, layers, train.take(range(20)), cfg, "cpu")
+    first = ev.logits(0, bits, C.layer_masks(C.decode(bits, 0, enc), enc))
+    assert ev.evaluated == 2 and torch.equal(first[0], first[2])
+    ev.logits(0, bits, C.layer_masks(C.decode(bits, 0, enc), enc))
+    assert ev.evaluated == 2 and ev.hits == 4
+
+
+def test_ga_operators_keep_size_and_elites_and_mutate_the_stated_number_of_genes():
+    cfg = C.CNNSplitterConfig(population=10, parents_mating=4, keep_parents=3, mutation_percent=20)
+    g = torch.Generator().manual_seed(0)
+    pop = torch.rand(10, 30, generator=g) > 0.5
+    fitness = torch.arange(10, dtype=torch.float32)
+    new = C.next_generation(pop, fitness, cfg, g)
+    assert new.shape == pop.shape
+    assert torch.equal(new[:3], pop[[9, 8, 7]])          # the fittest, fittest first
+    zeros = torch.zeros(10, 30, dtype=torch.bool)
+    mutated = C.next_generation(zeros, fitness, cfg, g)[3:]
+    assert int(mutated.sum(1).max()) <= 6                # 20 % of 30 genes are redrawn, so at most 6 ones
+    assert int(mutated.sum()) > 0
+    plain = C.next_generation(pop, fitness, C.CNNSplitterConfig(population=10, parents_mating=4, keep_parents=3,
+                                                                mutation_percent=0), g)
+    parents = pop[[9, 8, 7, 6]]
+    for i, child in enumerate(plain[3:]):                # a single-point crossover of consecutive parents
+        a, b = parents[i % 4], parents[(i + 1) % 4]
+        assert any(torch.equal(child, torch.cat([a[:p], b[p:]])) for p in range(31))
+
+
+def test_initial_population_follows_the_ratios():
+    enc = C.build_encoding({"a": _importance_in_order(2, 40), "b": _importance_in_order(2, 40)}, [["a"], ["b"]],
+                           C.CNNSplitterConfig())
+    pop = C.initial_population(enc, [[0.3], [1.0]], C.CNNSplitterConfig(population=8, parents_mating=4, keep_parents=2), torch.Generator().manual_seed(0))
+    assert pop.shape == (8, 20)
+    assert pop[:, :10].sum(1).tolist() == [3] * 8 and bool(pop[:, 10:].all())
+
+
+def test_fitness_of_a_hand_made_case():
+    labels = torch.tensor([0, 0, 1, 1])
+    logits = [torch.tensor([[5., 5, 0, 0], [0, 0, 0, 0]]), torch.tensor([[0., 0, 5, 5], [9, 9, 9, 9]])]
+    bits = [torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]]).bool(), torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]]).bool()]
+    # composes (i, j): accuracy 1, .5, .5, .5; diff = 1 − Jaccard: 1, .5, .5, 0; fitness .9 acc + .1 diff
+    fit, best = cooperative_fitness(logits, labels, bits, 0.9, 0.9, {2: 0.95}, torch.Generator().manual_seed(0),
+                                    keep_min=4, keep_max=10)
+    torch.testing.assert_close(fit, torch.tensor([[1.0, 0.5], [1.0, 0.5]]))
+    assert best == {"members": {0: 0, 1: 0}, "accuracy": 1.0, "diff": 1.0, "fitness": pytest.approx(1.0)}
+    fit1, _ = cooperative_fitness(logits, labels, bits, 0.9, 0.9, {2: 0.95}, torch.Generator().manual_seed(0),
+                                  keep_min=1, keep_max=10)    # only the compose above the threshold is kept
+    torch.testing.assert_close(fit1, torch.tensor([[1.0, 0.0], [1.0, 0.0]]))
+    assert task_sizes(10) == [2, 4, 8, 10] and task_sizes(5) == [2, 4, 5]
+    assert threshold_for(10, {2: .95, 4: .95, 8: .85, 10: .8}) == .8 and threshold_for(5, {2: .95, 4: .9}) == .9
+    torch.testing.assert_close(pairwise_jaccard(bits[0], bits[1]), torch.tensor([[0.0, 0.5], [0.5, 1.0]]))
+
+
+def test_short_search_is_seeded_deterministic_and_resumes(tiny_data, tmp_path):
+    train, test = tiny_data
+    model = tiny_model("simcnn", in_channels=1, num_classes=4)
+    cfg = C.CNNSplitterConfig(**{**SMALL, "generations": 3})
+    a = C.search(model, train, test, cfg, device="cpu")
+    b = C.search(model, train, test, cfg, device="cpu")
+    assert [h["ensemble_accuracy"] for h in a.history] == [h["ensemble_accuracy"] for h in b.history]
+    assert all(torch.equal(x[k], y[k]) for x, y in zip(a.masks, b.masks) for k in x)
+    assert len(a.history) == 4 and a.evaluation["chosen"] in ("masked", "rebuild")
+    assert set(a.ratios) == {s[0] for s in C.coupled_segments(model, find_maskable_layers(model))}
+    first = C.search(model, train, test, C.CNNSplitterConfig(**{**SMALL, "generations": 1}), device="cpu",
+                     checkpoint=tmp_path / "ck")
+    assert len(first.history) == 2
+    resumed = C.search(model, train, test, cfg, device="cpu", checkpoint=tmp_path / "ck")
+    assert [h["ensemble_accuracy"] for h in resumed.history] == [h["ensemble_accuracy"] for h in a.history]
+    assert all(torch.equal(x[k], y[k]) for x, y in zip(a.masks, resumed.masks) for k in x)
+
+
+def test_patience_stops_early(tiny_data):
+    train, test = tiny_data
+    model = tiny_model("simcnn", in_channels=1, num_classes=4)
+    res = C.search(model, train, test, C.CNNSplitterConfig(**{**SMALL, "generations": 30, "patience": 1}), device="cpu")
+    assert len(res.history) < 31 and len(res.history) - 1 - res.best_generation == 1
+
+
+def test_hand_given_ratios_skip_the_sensitivity_and_unknown_segments_are_named(tiny_data):
+    train, test = tiny_data
+    model = tiny_model("simcnn", in_channels=1, num_classes=4)
+    name = find_maskable_layers(model)[0].name
+    res = C.search(model, train, test, C.CNNSplitterConfig(**{**SMALL, "generations": 0, "ratios": {name: [0.5]}}),
+                   device="cpu")
+    assert res.sensitivity == {} and res.ratios[name] == [0.5]
+    with pytest.raises(ValueError, match="nope"):
+        C.search(model, train, test, C.CNNSplitterConfig(**{**SMALL, "ratios": {"nope": [0.5]}}), device="cpu")
+
+
+def test_ratios_from_sensitivity_rule():
+    sens = {"grid": [0.2, 0.4, 0.6, 1.0], "unpruned": 0.9, "curves": {"a": [0.5, 0.895, 0.9, 0.9], "b": [0, 0, 0, 0.9]}}
+    ratios, r_min = C.ratios_from_sensitivity(sens, 0.01)
+    assert r_min == {"a": 0.4, "b": 1.0} and ratios == {"a": [0.4, 0.5, 0.6], "b": [1.0]}
+
+
+def test_modules_equal_the_masked_model_and_are_saved(tiny_data, tmp_path):
+    train, test = tiny_data
+    model = tiny_model("simcnn", in_channels=1, num_classes=4)
+    res = C.search(model, train, test, C.CNNSplitterConfig(**SMALL), device="cpu")
+    own = C.own_class_logits(model, res, test, device="cpu")
+    report = C.evaluate_modules(model, res, test, device="cpu")
+    assert 0 < report["krr_mean"] <= 1 and len(report["krr_per_module"]) == 4
+    module = C.to_module(model, res, 2, train, metrics={"krr": report["krr_per_module"][2]})
+    torch.testing.assert_close(module(test.float_images()).squeeze(1), own[2], atol=1e-5, rtol=1e-5)
+    loaded = Module.load(module.save(tmp_path / "m"), model=model)
+    assert loaded.approach == "cnnsplitter" and loaded.task["classes"] == [2]
+    with pytest.raises(InvalidClassError, match="9"):
+        C.to_module(model, res, 9, train)
+
+
+def test_bad_inputs_raise_typed_errors(tiny_data):
+    train, test = tiny_data
+    model = tiny_model("simcnn", in_channels=1, num_classes=4)
+    with pytest.raises(EmptyClassError, match=r"class \d.*0\.999"):
+        C.search(model, train, test, C.CNNSplitterConfig(**{**SMALL, "confidence": 0.999}), device="cpu")
+    res = C.search(model, train, test, C.CNNSplitterConfig(**{**SMALL, "confidence": 0.999, "generations": 0,
+                                                             "confidence_fallback": "all"}), device="cpu")
+    assert len(res.masks) == 4
+    for bad in (dict(keep_parents=6), dict(mutation_percent=120), dict(eval_mode="gpu"), dict(alpha=2.0)):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            C.CNNSplitterConfig(**{**SMALL, **bad})
+
+
+# --------------------------------------------------------------------------------------------
+# Patching
+# --------------------------------------------------------------------------------------------
+
+class _Bright(nn.Module):
+    """Scores class ``c`` by the image's mean brightness (a perfect detector on the data below)."""
+
+    def __init__(self, classes):
+        super().__init__()
+        self.classes = classes
+
+    def forward(self, x):
+        return x.mean((1, 2, 3))[:, None].repeat(1, len(self.classes)) * 10
+
+
+class _Perfect:
+    """A module stand-in: the patching code needs only a task, a name, an approach and a call."""
+
+    def __init__(self, target):
+        self.task, self.name, self.approach, self.net = {"classes": [target]}, "perfect", "test", _Bright([target])
+
+    def to(self, device):
+        return self
+
+    def __call__(self, x):
+        return self.net(x)
+
+
+def _images(brightness):
+    return torch.tensor(brightness, dtype=torch.uint8)[:, None, None, None].expand(-1, 1, 4, 4).contiguous()
+
+
+def test_patching_with_a_perfect_module_lifts_the_target_recall_to_one():
+    # source classes 0..3; the weak task is [1, 3] with the TC 3 last; the weak model always says class 1
+    cal = D.ImageDataset(_images([150, 200, 10, 20]), torch.tensor([3, 3, 1, 0]), ["a", "b", "c", "d"], "toy")
+    test = D.ImageDataset(_images([220, 240, 30, 40, 50]), torch.tensor([1, 1, 0, 0, 0]), ["b", "d"], "toy")
+    weak = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
+    with torch.no_grad():
+        weak[1].weight.zero_()
+        weak[1].bias.copy_(torch.tensor([1.0, 0.0]))
+    r = P.patch(weak, [1, 3], _Perfect(3), cal, test, target_class=3, device="cpu")
+    assert r["recall_before"] == 0.0 and r["f1_before"] == 0.0 and r["precision_before"] == 0.0
+    assert r["recall_after"] == 1.0 and r["precision_after"] == 1.0 and r["f1_after"] == 1.0
+    assert r["other_accuracy_before"] == 1.0 and r["other_accuracy_after"] == 1.0
+    assert r["calibration"] == {"low": pytest.approx(150 / 255 * 10), "high": pytest.approx(200 / 255 * 10),
+                                "samples": 2}
+
+
+def test_patching_rejects_mismatched_classes():
+    cal = D.ImageDataset(_images([150, 10]), torch.tensor([3, 1]), ["a", "b", "c", "d"], "toy")
+    test = D.ImageDataset(_images([220, 30]), torch.tensor([1, 0]), ["b", "d"], "toy")
+    weak = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
+    with pytest.raises(ModuleMismatchError, match=r"target class 2 .*\[1, 3\]"):
+        P.patch(weak, [1, 3], _Perfect(2), cal, test, target_class=2, device="cpu")
+    with pytest.raises(ModuleMismatchError, match="3 outputs"):
+        P.patch(nn.Sequential(nn.Flatten(), nn.Linear(16, 3)), [1, 3], _Perfect(3), cal, test, 3, device="cpu")
+    with pytest.raises(InvalidClassError, match="target class 3 is not a class of module"):
+        P.patch(weak, [1, 3], _Perfect(1), cal, test, target_class=3, device="cpu")
+    with pytest.raises(InvalidClassError, match="out of range"):
+        P.calibrate(_Perfect(7), cal, 7, device="cpu")
+    with pytest.raises(EmptyClassError, match="target class 0"):
+        P.calibrate(_Perfect(0), cal, 0, device="cpu")
+
+
+def test_class_metrics_and_degenerate_calibration():
+    m = P.class_metrics(torch.tensor([1, 1, 0, 0]), torch.tensor([1, 0, 1, 0]), 1)
+    assert (m["precision"], m["recall"], m["f1"]) == (0.5, 0.5, 0.5)
+    assert P.class_metrics(torch.tensor([0, 0]), torch.tensor([0, 0]), 1)["f1"] == 0.0   # no division by zero
+    torch.testing.assert_close(P.Calibration(2.0, 2.0, 1).normalise(torch.tensor([2.0, 1.0])), torch.tensor([1.0, 0.0]))
+
+
+def test_weak_specs_describe_three_kinds():
+    from modtools.train import ModelSpec
+
+    specs = P.weak_specs(ModelSpec(arch="simcnn", width=0.25), [1, 3, 5], per_class=50)
+    assert set(specs) == set(P.WEAK_KINDS)
+    assert specs["simple"].width < 0.25 and specs["overfit"].fit.epochs > specs["underfit"].fit.epochs
+    assert specs["overfit"].fit.select_best is False and specs["overfit"].fit.augment is False
+    assert all(s.classes == [1, 3, 5] for s in specs.values())
+    assert len({s.key() for s in specs.values()}) == 3
+
+
+def test_a_finished_checkpoint_is_reused_and_a_changed_config_is_refused(tiny_data, tmp_path):
+    from modtools.errors import CheckpointError
+
+    train, test = tiny_data
+    model = tiny_model("simcnn", in_channels=1, num_classes=4)
+    cfg = C.CNNSplitterConfig(**SMALL)
+    a = C.search(model, train, test, cfg, device="cpu", checkpoint=tmp_path / "ck")
+    again = C.search(model, train, test, cfg, device="cpu", checkpoint=tmp_path / "ck")   # nothing left to run
+    assert again.history == a.history and again.sensitivity == a.sensitivity
+    assert again.evaluation == a.evaluation                      # counts and the measured choice carry over
+    assert all(torch.equal(x[k], y[k]) for x, y in zip(a.masks, again.masks) for k in x)
+    with pytest.raises(CheckpointError, match="alpha"):
+        C.search(model, train, test, C.CNNSplitterConfig(**{**SMALL, "alpha": 0.5}), device="cpu",
+                 checkpoint=tmp_path / "ck")
