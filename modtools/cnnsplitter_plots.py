@@ -109,8 +109,8 @@ def patching_figure(results: Mapping) -> plt.Figure:
         off = (i - 1) * 0.27
         top.bar(x + off, [r[f"{key}_before"] for r in rows], 0.27, color=colors[key], alpha=0.35)
         top.bar(x + off, [r[f"{key}_after"] for r in rows], 0.12, color=colors[key], label=f"{key} (thin: after)")
-    top.set(ylim=(0, 1.05), ylabel="target class", title="patching weak models: before (wide, pale) and after (thin)")
-    top.legend(fontsize=7, loc="lower right")
+    top.set(ylim=(0, 1.22), ylabel="target class", title="patching weak models: before (wide, pale) and after (thin)")
+    top.legend(fontsize=7, loc="upper center", ncol=3)
     delta = [100 * (r["other_accuracy_after"] - r["other_accuracy_before"]) for r in rows]
     bottom.bar(x, delta, 0.5, color=[PALETTE["module"] if d >= 0 else PALETTE["accent"] for d in delta])
     bottom.axhline(0, color="black", lw=0.8)
