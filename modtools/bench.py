@@ -204,7 +204,7 @@ def bench_seam(archs: tuple = (("resnet20", 1.0), ("vgg16", 0.5)), batch_size: i
 
 
 def bench_cnnsplitter(width: float = 0.25, image_size: int = 32, val_images: int = 200, population: int = 100,
-                      generations: int = 2, baseline_candidates: int = 8, seed: int = 0) -> dict:
+                      generations: int = 1, baseline_candidates: int = 8, seed: int = 0) -> dict:
     """CNNSplitter: candidates evaluated per second over whole generations of the search (masked or
     rebuilt, whichever the calibration picks; cached inputs; elites and duplicates never evaluated
     again) against the original's way, a module rebuilt per candidate and run over the same images

@@ -142,7 +142,7 @@ def extract(model: nn.Module, masks: Mapping[str, torch.Tensor], on_empty: str =
         if hasattr(net, attr):
             delattr(net, attr)
     example = default_input(net, image_size)
-    description = find_maskable_layers(net, example)
+    description = find_maskable_layers(net, example, cache=False)   # net is a throw-away copy
     by_name = {layer.name: layer for layer in description}
     report = ExtractionReport(on_empty=on_empty, align=align, layers=description.to_dict())
     checked: dict[str, torch.Tensor] = {}

@@ -303,7 +303,7 @@ def _structure_key(model: nn.Module) -> tuple:
 
 
 def find_maskable_layers(model: nn.Module, example_input: torch.Tensor | None = None,
-                         exclude: Iterable[str] = ()) -> LayerDescription:
+                         exclude: Iterable[str] = (), cache: bool = True) -> LayerDescription:
     """The maskable conv layers of ``model`` in execution order (see the module docstring for the rules).
 
     The analysis is cached per model object while its modules stay the same.
@@ -312,6 +312,8 @@ def find_maskable_layers(model: nn.Module, example_input: torch.Tensor | None = 
         example_input: an input for the traced pass (default: the input of the last analysis of
             this model, else zeros of shape ``1×C×32×32``).
         exclude: conv names to leave out (e.g. a first layer an approach does not gate).
+        cache: keep the analysis for later calls on this model. The cache holds the model alive
+            (its dependency graph refers to it), so throw-away copies pass ``cache=False``.
 
     Raises:
         UnsupportedModelError: no conv, attention, untraceable channel flow, or no maskable layer left.
@@ -324,7 +326,8 @@ def find_maskable_layers(model: nn.Module, example_input: torch.Tensor | None = 
     if cached is None or cached[0] != key or (shape is not None and cached[1] != shape):
         x = example_input if example_input is not None else default_input(model)
         cached = (key, (tuple(x.shape), x.device.type), _describe(model, x))
-        _CACHE[model] = cached
+        if cache:
+            _CACHE[model] = cached
     order, norm_of, excluded, leader_of, names, graph = cached[2]
     unknown = set(exclude) - {names[c] for c in order}
     if unknown:

@@ -80,3 +80,22 @@ def test_aligned_widths_stay_exact():
     assert extraction_error(model, masks, small, torch.rand(2, 3, 32, 32)) <= 1e-5
     with pytest.raises(ValueError, match="align"):
         extract(model, masks, align=0)
+
+
+def test_extracted_networks_are_freed_when_dropped():
+    """The layer cache must not keep throw-away copies alive (a search rebuilds thousands of them)."""
+    import gc
+    import weakref
+
+    from modtools.extract import extract
+    from modtools.masks import find_maskable_layers, random_masks
+
+    from conftest import tiny_model
+
+    model = tiny_model("resnet20", in_channels=1, num_classes=3)
+    masks = random_masks(find_maskable_layers(model, torch.zeros(1, 1, 16, 16)), 0.5, seed=0)
+    net, _ = extract(model, masks, image_size=16)
+    ref = weakref.ref(net)
+    del net
+    gc.collect()
+    assert ref() is None
