@@ -502,6 +502,43 @@ def search(model: nn.Module, train: D.ImageDataset, val: D.ImageDataset, cfg: CN
                              time.perf_counter() - t_start)
 
 
+@dataclass
+class SearchSetup:
+    """What notebooks 20 and 21 share: the trained model, its data, the search's validation subset,
+    config and checkpoint (the same parameters give the same checkpoint, so 21 reuses 20's search)."""
+
+    spec: object
+    data: object
+    model: nn.Module
+    record: dict
+    search_val: D.ImageDataset
+    cfg: CNNSplitterConfig
+    checkpoint: Path
+
+
+def prepare_search(params: dict, cache: str | Path, device: str = "auto") -> SearchSetup:
+    """Train (or load) the model the notebook parameters describe and build the search's config.
+
+    Uses the parameters ``arch, width, dataset, per_class, test_per_class, epochs, lr, augment,
+    seed, search_val_per_class`` and every field of :class:`CNNSplitterConfig` present in ``params``.
+    """
+    from dataclasses import fields
+
+    from . import train as T
+
+    seed = params["seed"]
+    spec = T.ModelSpec(arch=params["arch"], width=params["width"], dataset=params["dataset"],
+                       per_class=params["per_class"], test_per_class=params["test_per_class"], data_seed=seed,
+                       fit=T.FitConfig(epochs=params["epochs"], lr=params["lr"], augment=params["augment"], seed=seed))
+    data = T.spec_data(spec)
+    model, record = T.train_cached(spec, cache=cache, device=device, data=data)
+    search_val = D.limit_per_class(data.val, params["search_val_per_class"], seed=seed)
+    names = {f.name for f in fields(CNNSplitterConfig)}
+    cfg = CNNSplitterConfig(**{k: v for k, v in params.items() if k in names})
+    checkpoint = checkpoint_folder(cache, spec.key(), cfg, val_per_class=params["search_val_per_class"])
+    return SearchSetup(spec, data, model, record, search_val, cfg, checkpoint)
+
+
 # --------------------------------------------------------------------------------------------
 # Modules and their evaluation
 # --------------------------------------------------------------------------------------------

@@ -82,18 +82,14 @@ from modtools import data as D
 from modtools import gradsplitter as G
 from modtools import patch as P
 from modtools import train as T
-from modtools.runner import config_from, current_parameters, write_results
+from modtools.runner import current_parameters, write_results
 
 NOTEBOOK = "21_cnnsplitter_patching"
 params = current_parameters(globals(), NOTEBOOK)
-spec = T.ModelSpec(arch=arch, width=width, dataset=dataset, per_class=per_class, test_per_class=test_per_class,
-                   data_seed=seed, fit=T.FitConfig(epochs=epochs, lr=lr, augment=augment, seed=seed))
-data = T.spec_data(spec)
 cache = Path(run_dir).parent / "models"
-model, record = T.train_cached(spec, cache=cache, device=device, data=data)
-search_val = D.limit_per_class(data.val, search_val_per_class, seed=seed)
-cfg = config_from(C.CNNSplitterConfig, params)
-checkpoint = C.checkpoint_folder(cache, spec.key(), cfg, val_per_class=search_val_per_class)
+setup = C.prepare_search(params, cache, device)   # the model, its data and the search's config and checkpoint
+spec, data, model, record = setup.spec, setup.data, setup.model, setup.record
+search_val, cfg, checkpoint = setup.search_val, setup.cfg, setup.checkpoint
 
 # %% [markdown]
 # ## The strong model's modules: CNNSplitter (reused from 20) and GradSplitter
