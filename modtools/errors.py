@@ -47,6 +47,45 @@ class UnsupportedModelError(NotImplementedError):
     """A model contains layers the mask machinery or extraction cannot handle."""
 
 
+class StoreError(RuntimeError):
+    """A module store cannot do what was asked (base class of the store's errors)."""
+
+
+class ModuleNotInStoreError(StoreError, KeyError):
+    """No module of that name is in the store."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class NoMatchError(StoreError, LookupError):
+    """A search matched no module; the message says what the store holds."""
+
+
+class CorruptCardError(StoreError, CheckpointError):
+    """A module card in the store is missing keys, is not JSON, or its weights do not match it."""
+
+
+class StoreNotWritableError(StoreError, PermissionError):
+    """The store folder cannot be created or written."""
+
+
+class NameConflictError(StoreError, FileExistsError):
+    """A module name is already taken, in the store or by a job that is writing it."""
+
+
+class InvalidNameError(StoreError, ValueError):
+    """A module or job name that is not a plain file name (it could escape the store)."""
+
+
+class SourceModelMissingError(StoreError, FileNotFoundError):
+    """A module's source model is not in the model cache."""
+
+
+class JobError(StoreError):
+    """A background job cannot be started, found or cancelled."""
+
+
 def check_range(name: str, value, ok: bool, allowed: str) -> None:
     """Raise ``ValueError`` naming ``name``, its ``value`` and what is ``allowed`` unless ``ok``."""
     if not ok:

@@ -152,10 +152,7 @@ class Module:
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
         try:
-            tensors = {f"network.{k}": v for k, v in self.network.state_dict().items()}
-            tensors.update({f"head.{k}": v for k, v in self.head.state_dict().items()})
-            tensors.update({f"mask.{k}": v.to(torch.uint8) for k, v in self.masks.items()})
-            sha = save_tensors(tmp / "weights.safetensors", tensors, {"format": "modtools-module"})
+            sha = save_tensors(tmp / "weights.safetensors", self.tensors(), {"format": "modtools-module"})
             atomic_write_json(tmp / "card.json", self.card(sha))
             old = None
             if folder.exists():
@@ -194,10 +191,18 @@ class Module:
         for key in ("base_model", "kernels", "head", "weights", "task"):
             if key not in card:
                 raise CheckpointError(f"{card_path} lacks the key {key!r}; it is not a modtools module card")
-        source = card["base_model"]
         if model is not None:
-            check_source(model, source, where=f"module {folder}")
+            check_source(model, card["base_model"], where=f"module {folder}")
         tensors = load_tensors(folder / card["weights"]["file"], card["weights"]["sha256"])
+        return cls.from_card(card, tensors, model=model, device=device, where=str(folder),
+                             default_name=folder.name)
+
+    @classmethod
+    def from_card(cls, card: dict, tensors: Mapping[str, torch.Tensor], model: nn.Module | None = None,
+                  device: str | torch.device = "cpu", where: str = "module", default_name: str = "") -> "Module":
+        """Rebuild a module from its card and its tensors (``network.*``, ``head.*``, ``mask.*``), as
+        :meth:`load` does; used for modules stored inside other files (compositions)."""
+        source = card["base_model"]
         masks = {k[5:]: v.bool() for k, v in tensors.items() if k.startswith("mask.")}
         if model is not None:
             skeleton = model
@@ -211,19 +216,26 @@ class Module:
         if "removed" in recorded and report.removed != recorded["removed"]:
             diff = next(k for k in sorted(set(report.removed) | set(recorded["removed"]))
                         if report.removed.get(k) != recorded["removed"].get(k))
-            raise ModuleMismatchError(f"{folder}: extracting the recorded masks again removes other channels of "
+            raise ModuleMismatchError(f"{where}: extracting the recorded masks again removes other channels of "
                                       f"{diff!r} than the card records; the model or Torch-Pruning version differs")
         net_state = {k[8:]: v for k, v in tensors.items() if k.startswith("network.")}
-        _load_strict(network, net_state, folder)
+        _load_strict(network, net_state, where)
         head = build_head(card["head"])
-        _load_strict(head, {k[5:]: v for k, v in tensors.items() if k.startswith("head.")}, folder)
+        _load_strict(head, {k[5:]: v for k, v in tensors.items() if k.startswith("head.")}, where)
         mod = cls(source, masks, card["head"], network.eval(), head.eval(), card["task"], card.get("approach", ""),
                   card.get("config", {}), card.get("metrics", {}), card.get("lineage", []),
-                  card.get("extraction", {}), card.get("name", folder.name))
+                  card.get("extraction", {}), card.get("name", default_name))
         return mod.to(device)
 
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The module's tensors as :meth:`save` writes them."""
+        out = {f"network.{k}": v for k, v in self.network.state_dict().items()}
+        out.update({f"head.{k}": v for k, v in self.head.state_dict().items()})
+        out.update({f"mask.{k}": v.to(torch.uint8) for k, v in self.masks.items()})
+        return out
 
-def _load_strict(module: nn.Module, state: dict, folder: Path) -> None:
+
+def _load_strict(module: nn.Module, state: dict, folder) -> None:
     own = module.state_dict()
     for k in sorted(set(own) | set(state)):
         if k not in state:
