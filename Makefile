@@ -6,9 +6,9 @@ STAMP  := $(VENV)/.installed
 PROFILE ?= quick
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup data figures test lab bench notebooks clean
+.PHONY: setup data browser figures test lab app bench notebooks clean
 
-setup: $(STAMP) data
+setup: $(STAMP) data browser
 
 $(STAMP): pyproject.toml requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,15 @@ data:
 	   echo "could not install dataset-fashion-mnist; see README (Data)"; \
 	else echo "Fashion-MNIST not found under $(FMNIST): see README (Data) for MODTOOLS_DATA"; fi
 
+# Debian's Chromium for the browser test of the app (where apt-get and root are available; else the test is skipped).
+browser:
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get install -y -qq chromium >/dev/null 2>&1 || \
+	   (apt-get update -qq >/dev/null && apt-get install -y -qq chromium >/dev/null)) || \
+	   echo "could not install chromium; the browser test will be skipped"; \
+	else echo "no /usr/bin/chromium: the browser test will be skipped (apt-get install chromium)"; fi
+
 figures: setup
 	$(PY) -m modtools run-all --profile $(PROFILE)
 
@@ -36,6 +45,12 @@ test: setup
 
 lab: setup
 	$(VENV)/bin/jupyter lab notebooks/
+
+# The Module Foundry as a web app: Voilà serves notebook 90 on 127.0.0.1 (no code cells shown).
+APP_PORT ?= 8866
+app: setup
+	MODTOOLS_APP=1 $(VENV)/bin/voila notebooks/90_module_foundry.ipynb --no-browser --Voila.ip=127.0.0.1 \
+	  --port=$(APP_PORT) --strip_sources=True
 
 bench: setup
 	$(PY) -m modtools.bench

@@ -475,3 +475,13 @@ def patch(store: ModuleStore, name: str, weak_key: str, new_name: str | None = N
     tensors.update({f"weak.{k}": v.detach().cpu() for k, v in weak.state_dict().items()})
     entry = _write_entry(store, name_out, card_, tensors)
     return {"name": entry.name, **report}
+
+
+def save_to_store(module: Module, run_dir: str | os.PathLike, data: SpecData | None = None, source_key: str = "",
+                  device: str = "auto", store: ModuleStore | str | None = None) -> Entry:
+    """Also save a notebook's module into the store (default: ``run_dir/../store``), replacing a module of
+    the same name; its task accuracy is measured on ``data`` first when the module has none."""
+    store = store if isinstance(store, ModuleStore) else open_store(store or Path(run_dir).parent / "store")
+    if data is not None and "accuracy" not in module.metrics:
+        module.metrics = {**module.metrics, **task_metrics(module, data, device)}
+    return store.add(module, slug(module.name), source_key=source_key, overwrite=True)

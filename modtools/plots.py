@@ -127,3 +127,26 @@ def per_class_heatmap(per_class: Mapping[str, Sequence[Mapping]], title: str = "
     plt.setp(ax.get_yticklabels(), rotation=0)
     fig.tight_layout()
     return fig
+
+
+def store_figure(rows: Sequence[Mapping], title: str = "modules in the store") -> plt.Figure:
+    """Accuracy against MACs of a store's modules (rows of :func:`modtools.store.entries_table` with
+    ``accuracy`` and ``MACs``), one colour per approach; modules without an accuracy are left out."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    rows = [r for r in rows if r.get("accuracy") is not None and r.get("MACs")]
+    for i, approach in enumerate(sorted({r["approach"] for r in rows})):
+        pts = [r for r in rows if r["approach"] == approach]
+        ax.scatter([r["MACs"] for r in pts], [r["accuracy"] for r in pts], label=f"{approach} ({len(pts)})",
+                   color=plt.cm.tab10(i), alpha=0.8, edgecolor="k", linewidth=0.4)
+    if rows:
+        ax.set_xscale("log")
+        ax.legend(fontsize=8, loc="lower right")
+    else:
+        ax.text(0.5, 0.5, "no evaluated module in the store yet", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel("MACs of the extracted module (one image)")
+    ax.set_ylabel("accuracy on its task")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig

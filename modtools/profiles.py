@@ -128,6 +128,11 @@ PROFILE_VALUES.update({
                   "simple_lr": 0.01, "overfit_epochs": 200, "underfit_epochs": 20, "weak_lr": 0.01, "gs_search_per_class": None, "gs_cycle_epochs": 140,
                   "gs_init_value": 1.0, "gs_lr_mask": 0.001, "gs_alpha": 0.1},
     },
+    "90_module_foundry": {
+        "smoke": {"demo": True, "poll": 0.2},
+        "quick": {},
+        "paper": {},
+    },
 })
 
 #: The config dataclasses each notebook builds from its parameters (same field names); the runner

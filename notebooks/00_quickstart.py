@@ -45,6 +45,7 @@ keep_fraction = 0.8        # fraction of kernels kept per layer in the module
 sweep = [0.5, 0.6, 0.7, 0.8, 0.9, 1.0]  # kept fractions to compare
 latency_repeats = 20       # timed repeats per latency measurement
 seed = 0                   # every random choice flows from this seed
+save_to_store = True  # also save the modules into the store (run_dir/../store) for the Module Foundry
 device = "auto"            # auto | cpu | cuda
 run_dir = "../runs/00_quickstart"  # results and modules go here
 figures_dir = "../figures"         # figures go here
@@ -54,6 +55,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
+from modtools import foundry
 from modtools import baseline as B
 from modtools import plots
 from modtools import train as T
@@ -94,6 +96,8 @@ importance = B.kernel_importance(model, data.train, device=device)
 cfg = B.BaselineConfig(keep_fraction=keep_fraction, head="logistic", seed=seed)
 module = B.baseline_module(model, data.train, [target_class], cfg, importance=importance, device=device)
 folder = module.save(run_dir / "modules" / module.name)
+if save_to_store:
+    foundry.save_to_store(module, run_dir, data, spec.key(), device)
 reloaded = Module.load(folder, model=model)
 print(f"saved {folder} and loaded it back; kernels kept: {reloaded.card()['kernel_retention']:.1%}")
 

@@ -62,6 +62,7 @@ sensitivity_tolerance = 0.03  # the rule: smallest ratio within this of the unpr
 eval_mode = "auto"         # auto | masked | rebuild (auto: the faster on this device, measured)
 patience = None            # stop after this many generations without a better ensemble (None: never)
 seed = 0                   # every random choice flows from this seed
+save_to_store = True  # also save the modules into the store (run_dir/../store) for the Module Foundry
 device = "auto"            # auto | cpu | cuda
 run_dir = "../runs/20_cnnsplitter_modularize"  # results and modules go here
 figures_dir = "../figures"                     # figures go here
@@ -69,6 +70,7 @@ figures_dir = "../figures"                     # figures go here
 # %%
 from pathlib import Path
 
+from modtools import foundry
 from modtools import cnnsplitter as C
 from modtools import cnnsplitter_plots, plots
 from modtools import train as T
@@ -104,6 +106,8 @@ for c in range(data.train.num_classes):
                          lineage=[{"step": "model", "spec": spec.key()}, {"step": "cnnsplitter search"}])
     macs_ratio.append(count_macs(module.network, data.train.shape)["macs"] / full_macs)
     folders.append(str(module.save(Path(run_dir) / "modules" / module.name)))
+    if save_to_store:
+        foundry.save_to_store(module, run_dir, data, spec.key(), device)
 print(f"model {report['accuracy_model']:.3f}, composed modules {report['accuracy_composed_modules']:.3f}, "
       f"mean KRR {report['krr_mean']:.3f}, mean MACs ratio {sum(macs_ratio) / len(macs_ratio):.3f}")
 

@@ -73,6 +73,7 @@ refit_head_epochs = 0      # re-fit the heads on the selected masks (0: no, as p
 refit_lr = 0.01            # Adam lr of that re-fit
 batch_size = 64            # search batch size
 seed = 0                   # every random choice flows from this seed
+save_to_store = True  # also save the modules into the store (run_dir/../store) for the Module Foundry
 device = "auto"            # auto | cpu | cuda
 run_dir = "../runs/30_gradsplitter_modularize"  # results and modules go here
 figures_dir = "../figures"                       # figures go here
@@ -80,6 +81,7 @@ figures_dir = "../figures"                       # figures go here
 # %%
 from pathlib import Path
 
+from modtools import foundry
 from modtools import data as D
 from modtools import gradsplitter as G
 from modtools import gradsplitter_plots, plots
@@ -119,6 +121,8 @@ for c in range(data.train.num_classes):
     module = G.to_module(model.cpu(), result, c, data.train, metrics=metrics,
                          lineage=[{"step": "model", "spec": spec.key()}, {"step": "gradsplitter search"}])
     folders.append(str(module.save(Path(run_dir) / "modules" / module.name)))
+    if save_to_store:
+        foundry.save_to_store(module, run_dir, data, spec.key(), device)
 kept_by_layer = {name: result.masks[name].float().mean(1).tolist() for name in result.layers}
 
 # %%

@@ -45,6 +45,7 @@ on_empty = "lower"         # a layer left empty: lower | top1 | raise
 finetune_epochs = 3        # fine-tuning epochs of each module (published: 10)
 latency_repeats = 10       # timed repeats per latency measurement
 seed = 0                   # every random choice flows from this seed
+save_to_store = True  # also save the modules into the store (run_dir/../store) for the Module Foundry
 device = "auto"            # auto | cpu | cuda
 run_dir = "../runs/42_mwt_subtask_reuse"  # results and modules go here
 figures_dir = "../figures"                # figures go here
@@ -52,6 +53,7 @@ figures_dir = "../figures"                # figures go here
 # %%
 from pathlib import Path
 
+from modtools import foundry
 from modtools import mwt as W
 from modtools import mwt_plots, plots
 from modtools import train as T
@@ -80,6 +82,8 @@ rows = []
 for classes in subtasks:
     module, report = W.subtask_module(gated, stats, u, classes, data, cfg, decisions, device=device)
     folder = module.save(Path(run_dir) / "modules" / module.name)
+    if save_to_store:   # its source is the gated model, not a standard one: no source key
+        foundry.save_to_store(module, run_dir)
     net = module.as_model().cpu()
     row = {"classes": list(classes), "class_names": [data.train.class_names[c] for c in classes],
            "krr": report["krr"], "macs_ratio": count_macs(net, shape)["macs"] / full_macs,

@@ -57,6 +57,7 @@ kernel_level = False       # one score per kernel instead of per weight
 augment = False            # random crop + flip while re-engineering (published: True)
 steps_per_epoch = 20       # cap on mini-batches per epoch (None: the whole split)
 seed = 0                   # every random choice flows from this seed
+save_to_store = True  # also save the modules into the store (run_dir/../store) for the Module Foundry
 device = "auto"            # auto | cpu | cuda
 run_dir = "../runs/50_seam_binary"  # results and modules go here
 figures_dir = "../figures"          # figures go here
@@ -64,6 +65,7 @@ figures_dir = "../figures"          # figures go here
 # %%
 from pathlib import Path
 
+from modtools import foundry
 from modtools import plots, seam_plots
 from modtools import seam as S
 from modtools import train as T
@@ -94,6 +96,8 @@ for c in target_classes:
     accuracy = float((T.predict(module.as_model(), test, device=device).argmax(1) == test.labels).float().mean())
     module.metrics.update({"accuracy": accuracy})
     folder = module.save(Path(run_dir) / "modules" / module.name)
+    if save_to_store:
+        foundry.save_to_store(module, run_dir, data, spec.key(), device)
     rows.append({"class": c, "name": data.train.class_names[c], "wrr": result.wrr,
                  "accuracy_original": S.original_accuracy(model, problem, test, device=device),
                  "accuracy_reengineered": accuracy, "val_accuracy": result.val_accuracy,

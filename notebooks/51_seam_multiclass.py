@@ -60,6 +60,7 @@ augment = False            # random crop + flip while re-engineering (published:
 steps_per_epoch = 20       # cap on mini-batches per epoch (None: the whole split)
 latency_repeats = 30       # timed repeats per latency measurement
 seed = 0                   # every random choice flows from this seed
+save_to_store = True  # also save the modules into the store (run_dir/../store) for the Module Foundry
 device = "auto"            # auto | cpu | cuda
 run_dir = "../runs/51_seam_multiclass"  # results and modules go here
 figures_dir = "../figures"              # figures go here
@@ -68,6 +69,7 @@ figures_dir = "../figures"              # figures go here
 from dataclasses import replace
 from pathlib import Path
 
+from modtools import foundry
 from modtools import plots, seam_plots
 from modtools import seam as S
 from modtools import train as T
@@ -98,6 +100,9 @@ def run(group, cfg):
     costs = S.cost_report(model.cpu(), result, module, train.shape, repeats=latency_repeats)
     module.metrics.update({"accuracy": accuracy, "macs_ratio_structured": costs["macs_ratio_structured"]})
     folder = module.save(Path(run_dir) / "modules" / (module.name + ("-kernels" if cfg.kernel_level else "")))
+    if save_to_store:
+        module.name = folder.name
+        foundry.save_to_store(module, run_dir, data, spec.key(), device)
     row = {"name": problem.name, "classes": problem.classes, "class_names": problem.class_names,
            "kernel_level": cfg.kernel_level, "accuracy_original": S.original_accuracy(model, problem, test, device=device),
            "accuracy_reengineered": accuracy, "val_accuracy": result.val_accuracy, "accepted": result.accepted,

@@ -6,6 +6,7 @@ import json
 import pytest
 
 from modtools import runner
+from modtools.store import ModuleStore
 
 REQUIRED = {"00_quickstart": ["accuracy_model", "accuracy_module", "macs_ratio", "latency_ratio_b64", "sweep"],
             "10_train_models": ["models", "per_class", "accuracy"],
@@ -20,6 +21,10 @@ REQUIRED = {"00_quickstart": ["accuracy_model", "accuracy_module", "macs_ratio",
             "51_seam_multiclass": ["groups"],
             "52_seam_defect_inheritance": ["thresholds", "dir_standard", "dir_seam", "accuracy_standard",
                                            "accuracy_seam"]}
+
+
+STORE_NOTEBOOKS = ("00_quickstart", "20_cnnsplitter_modularize", "30_gradsplitter_modularize", "42_mwt_subtask_reuse",
+                   "50_seam_binary", "51_seam_multiclass")
 
 
 @pytest.mark.notebook
@@ -52,6 +57,12 @@ def test_notebook_smoke(tmp_path, name, monkeypatch):
     if name == "52_seam_defect_inheritance":
         n = len(results["thresholds"])
         assert all(len(results[k]) == n for k in ("dir_standard", "dir_seam", "accuracy_standard", "accuracy_seam"))
+    if name in STORE_NOTEBOOKS:   # the modules also went into the store next to run_dir, with their accuracy
+        entries = ModuleStore(tmp_path / "runs" / "store").entries()
+        assert entries and all(e.accuracy is not None for e in entries), name
+    if name == "90_module_foundry":
+        assert results["modules"] >= 2 and all(j["status"] == "done" for j in results["jobs"])
+        assert set(results["approaches"]) >= {"baseline", "gradsplitter", "cnnsplitter", "seam", "mwt"}
     figures = list((tmp_path / "figures").glob(f"{name}_*.png"))
     assert figures and all(f.stat().st_size > 1000 for f in figures)
     assert (tmp_path / "runs" / name / f"{name}.ipynb").is_file() and result.seconds > 0
