@@ -22,6 +22,7 @@ import ipywidgets as W
 
 from . import foundry
 from .approaches import Param, approach_params, get_approach, list_approaches
+from .errors import StoreNotWritableError
 from .store import ModuleStore
 
 ANY = "(any)"
@@ -164,13 +165,15 @@ class Dashboard:
         self.q_approach = W.Dropdown(options=[ANY] + list_approaches(), description="approach")
         self.q_min_acc = W.BoundedFloatText(value=0.0, min=0.0, max=1.0, step=0.01, description="min accuracy")
         self.q_max_ret = W.BoundedFloatText(value=1.0, min=0.0, max=1.0, step=0.01, description="max KRR/WRR")
+        self.q_max_mmacs = W.BoundedFloatText(value=0.0, min=0.0, max=1e9, description="max MMACs",
+                                              tooltip="0: no limit").add_class("mt-max-macs")
         self.results = W.HTML().add_class("mt-results")
         self.result_pick = W.Dropdown(options=[], description="module").add_class("mt-result-pick")
         go = self._button("Search", "mt-search-button", self.do_search, "primary")
         self.q_text.on_submit(self._guard(lambda _w: self.do_search()))
         open_card = self._button("Open card", "mt-open-card", lambda: self.open_card(self.result_pick.value))
         self.search_tab = W.VBox([W.HBox([self.q_text, go]), W.HBox([self.q_dataset, self.q_arch, self.q_approach]),
-                                  W.HBox([self.q_min_acc, self.q_max_ret]), W.HBox([self.result_pick, open_card]),
+                                  W.HBox([self.q_min_acc, self.q_max_ret, self.q_max_mmacs]), W.HBox([self.result_pick, open_card]),
                                   self.results])
 
     def do_search(self) -> list:
@@ -178,7 +181,8 @@ class Dashboard:
         entries = foundry.search(self.store, self.q_text.value, dataset=pick(self.q_dataset), arch=pick(self.q_arch),
                                  approach=pick(self.q_approach),
                                  min_accuracy=self.q_min_acc.value or None,
-                                 max_retention=None if self.q_max_ret.value >= 1.0 else self.q_max_ret.value)
+                                 max_retention=None if self.q_max_ret.value >= 1.0 else self.q_max_ret.value,
+                                 max_macs=int(round(self.q_max_mmacs.value * 1e6)) if self.q_max_mmacs.value > 0 else None)
         self.results.value = "".join(entry_card_html(e) for e in entries)
         _set_options(self.result_pick, [e.name for e in entries])
         self.say(f"{len(entries)} module(s) found")
@@ -467,8 +471,15 @@ class Dashboard:
 
 
 def foundry_dashboard(store: ModuleStore | str | None = None, cache=None, device: str = "auto",
-                      poll: float = 1.0) -> Dashboard:
-    """The dashboard over ``store`` (a :class:`ModuleStore` or a folder; default :func:`foundry.open_store`)."""
+                      poll: float = 1.0) -> Dashboard | W.Widget:
+    """The dashboard over ``store`` (a :class:`ModuleStore` or a folder; default :func:`foundry.open_store`).
+
+    A store folder that cannot be written gives a widget with the error message instead of a dashboard.
+    """
     if not isinstance(store, ModuleStore):
-        store = foundry.open_store(store)
+        try:
+            store = foundry.open_store(store)
+        except StoreNotWritableError as exc:
+            return W.HTML(f"<span style='color:#d62728'>StoreNotWritableError: {html.escape(str(exc))}</span>"
+                          ).add_class("mt-message")
     return Dashboard(store, cache, device, poll)

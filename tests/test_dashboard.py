@@ -141,3 +141,17 @@ def test_a_failing_job_shows_its_message(board):
     jobs.wait_job(board.store, job_id, 60)
     board.refresh_jobs()
     assert "failed" in board._job_rows[job_id]["label"].value and "out of memory" in board._job_rows[job_id]["label"].value
+
+
+def test_search_filters_by_size(board):
+    macs = {e.name: e.macs for e in board.store.entries()}
+    board.q_max_mmacs.value = min(macs.values()) / 1e6
+    click(board.widget, "mt-search-button")
+    assert list(board.result_pick.options) == [min(macs, key=macs.get)]
+
+
+def test_an_unwritable_store_shows_its_message(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    w = DB.foundry_dashboard(blocker / "store")
+    assert "StoreNotWritableError" in w.value and "cannot be written" in w.value
