@@ -26,18 +26,45 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_run_all(args) -> int:
-    failed = []
+    import time
+
+    from .io import atomic_write_json
+    from .runner import repo_root
+    from .summary import write_figures_readme
+
+    failed, timings = [], {}
     for name in list_notebooks():
+        t0 = time.perf_counter()
         try:
             result = run_notebook(name, args.profile, timeout=args.timeout)
             print(f"{name}: done in {result.seconds:.1f} s", flush=True)
         except NotebookFailed as exc:
             print(f"FAILED {exc}", file=sys.stderr, flush=True)
             failed.append(name)
+        timings[name] = time.perf_counter() - t0
+    runs, figures = repo_root() / "runs", repo_root() / "figures"
+    atomic_write_json(runs / "run-all.json", {"profile": args.profile, "seconds": timings, "failed": failed,
+                                              "total_seconds": sum(timings.values())})
+    summary = write_figures_readme(figures, runs, args.profile, timings, failed)
+    print(f"all notebooks: {sum(timings.values()) / 60:.1f} min; summary {summary}", flush=True)
     if failed:
         print(f"{len(failed)} notebook(s) failed: {', '.join(failed)}", file=sys.stderr)
         return 1
     return 0
+
+
+def _cmd_sweep(args) -> int:
+    from .sweep import split_values, sweep
+
+    values = {}
+    for name, text in args.param or []:
+        if name in values:
+            raise ParameterError(f"parameter {name!r} is given twice; give its values once, comma-separated")
+        values[name] = split_values(text)
+    result = sweep(args.notebook, values, args.profile, jobs=args.jobs, scheduler=args.scheduler,
+                   timeout=args.timeout)
+    print(f"{len(result.rows)} run(s), {len(result.failed)} failed -> {result.csv}")
+    return 1 if result.failed else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,6 +85,15 @@ def main(argv: list[str] | None = None) -> int:
     run_all.add_argument("--profile", default="quick", choices=PROFILES)
     run_all.add_argument("--timeout", type=int, default=None)
     run_all.set_defaults(func=_cmd_run_all)
+    sw = sub.add_parser("sweep", help="run a notebook over a grid of parameter values, in parallel (dask)")
+    sw.add_argument("notebook")
+    sw.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "V1,V2,..."), required=True,
+                    help="a parameter and its comma-separated values (Python literals or strings)")
+    sw.add_argument("--profile", default="quick", choices=PROFILES)
+    sw.add_argument("--jobs", type=int, default=None, help="parallel runs on a LocalCluster (default: CPU cores)")
+    sw.add_argument("--scheduler", default=None, help="address of a running dask scheduler (e.g. from dask-jobqueue)")
+    sw.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds")
+    sw.set_defaults(func=_cmd_sweep)
     args = parser.parse_args(argv)
     try:
         return args.func(args)
