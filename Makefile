@@ -53,7 +53,7 @@ app: setup
 	  --port=$(APP_PORT) --strip_sources=True
 
 bench: setup
-	$(PY) -m modtools.bench
+	$(PY) -m modtools.bench $(BENCH_ARGS)   # BENCH_ARGS=--quick: every benchmark in a few minutes
 
 # Regenerate the .ipynb notebooks from their paired percent scripts (the reviewable source).
 notebooks: setup

@@ -477,16 +477,26 @@ def main(argv=None) -> int:
     parser.add_argument("--mwt-train-size", type=int, default=10_000, help="samples whose gates are collected")
     parser.add_argument("--gs-dataset", default="fashion-mnist", help="data set of the GradSplitter benchmark")
     parser.add_argument("--gs-samples", type=int, default=1280, help="GradSplitter search samples (batch 64)")
+    parser.add_argument("--quick", action="store_true",
+                        help="every benchmark in a few minutes: fewer models, repeats, steps and epochs "
+                             "(ratios are rougher; the files record profile=quick)")
+    parser.add_argument("--summary-only", action="store_true", help="only rebuild summary.json from the files")
     args = parser.parse_args(argv)
     out = Path(args.out)
+    if args.summary_only:
+        return _summary(out)
+    q = args.quick
+    tag = {"profile": "quick" if q else "full"}
     if args.only in (None, "extract"):
-        results = bench_extract(args.archs, width=args.width, repeats=args.repeats, align=args.align)
+        results = {**bench_extract(("simcnn", "resnet20") if q else args.archs, width=args.width,
+                                   repeats=2 if q else args.repeats, align=args.align), **tag}
         atomic_write_json(out / "extract.json", results)
         from .plots import save_figure
         save_figure(plot_extract(results), out, "bench", "extract")
         print(f"wrote {out / 'extract.json'}; {results['share_meeting_target']:.0%} of rows meet the latency target")
     if args.only in (None, "gradsplitter"):
-        results = bench_gradsplitter(dataset=args.gs_dataset, search_samples=args.gs_samples)
+        results = {**bench_gradsplitter(dataset=args.gs_dataset, search_samples=320 if q else args.gs_samples,
+                                        paper_cycle_epochs=14 if q else 140, steps=2 if q else 5), **tag}
         atomic_write_json(out / "gradsplitter.json", results)
         from .plots import save_figure
         save_figure(plot_gradsplitter(results), out, "bench", "gradsplitter")
@@ -496,19 +506,35 @@ def main(argv=None) -> int:
               f"caching time ratio {results['caching_time_ratio']:.2f} (target <= 0.75), fast schedule "
               f"reaches the paper's selection {reach} (target <= 1/3)")
     if args.only in (None, "mwt"):
-        results = bench_mwt(args.mwt_arch, steps=args.mwt_steps, train_size=args.mwt_train_size)
+        results = {**bench_mwt(args.mwt_arch, width=0.5 if q else 1.0, steps=3 if q else args.mwt_steps,
+                               train_size=1000 if q else args.mwt_train_size, cohesion_samples=500 if q else 2000),
+                   **tag}
         atomic_write_json(out / "mwt.json", results)
         print(f"wrote {out / 'mwt.json'}: step ratio {results['step_ratio']:.2f} (target <= 1.10), "
               f"gates of {results['modularization_samples']} samples in {results['modularization_seconds']:.1f} s, "
               f"cohesion of {results['cohesion_samples']} samples in {results['cohesion_seconds']:.2f} s")
     if args.only in (None, "cnnsplitter"):
-        results = bench_cnnsplitter()
+        results = {**(bench_cnnsplitter(population=20, val_images=100, baseline_candidates=4) if q
+                      else bench_cnnsplitter()), **tag}
         atomic_write_json(out / "cnnsplitter.json", results)
         print(f"wrote {out / 'cnnsplitter.json'}")
     if args.only in (None, "seam"):
-        results = bench_seam()
+        results = {**(bench_seam(archs=(("resnet20", 0.5),), steps=3) if q else bench_seam()), **tag}
         atomic_write_json(out / "seam.json", results)
         print(f"wrote {out / 'seam.json'}")
+    return _summary(out)
+
+
+def _summary(out: Path) -> int:
+    from .bench_summary import build_summary, summary_figure
+    from .plots import save_figure
+
+    summary = build_summary(out)
+    save_figure(summary_figure(summary), out, "bench", "summary")
+    for r in summary["rows"]:
+        shown = "not run" if r["value"] is None else f"{r['value']:.3f}"
+        print(f"{r['status']:>15s}  {r['measure']}: {shown} (target {r['op']} {r['target']:.3f})")
+    print(f"wrote {out / 'summary.json'}: {summary['met']} of {summary['targets']} targets met")
     return 0
 
 

@@ -51,3 +51,25 @@ def test_time_to_target_takes_the_first_epoch_meeting_both():
                {"epoch": 3, "val_accuracy": 0.896, "krr": 0.6}, {"epoch": 4, "val_accuracy": 0.95, "krr": 0.4}]
     assert bench.time_to_target(history, 10, val_accuracy=0.90, krr=0.6) == 30
     assert bench.time_to_target(history, 10, val_accuracy=0.99, krr=0.6) is None
+
+
+def test_bench_summary_is_built_from_the_files_and_flags_misses(tmp_path):
+    from modtools.bench_summary import TARGETS, build_summary, summary_figure
+    from modtools.io import atomic_write_json
+
+    atomic_write_json(tmp_path / "extract.json", {"rows": [{"latency_over_macs_b64": 1.1}, {"latency_over_macs_b64": 1.8}],
+                                                  "share_meeting_target": 0.5})
+    atomic_write_json(tmp_path / "mwt.json", {"step_ratio": 1.05})
+    atomic_write_json(tmp_path / "cnnsplitter.json", {"speedup_vs_original": 1.25})
+    atomic_write_json(tmp_path / "seam.json", {"rows": [{"step_ratio": 0.8}, {"step_ratio": 0.9}]})
+    summary = build_summary(tmp_path)                        # gradsplitter.json is missing
+    rows = {r["measure"]: r for r in summary["rows"]}
+    assert len(rows) == len(TARGETS) and (tmp_path / "summary.json").is_file()
+    worst = next(r for m, r in rows.items() if m.startswith("extracted-module"))
+    assert worst["value"] == 1.8 and not worst["meets"] and worst["status"] == "MISSES TARGET"
+    assert next(r for m, r in rows.items() if m.startswith("MwT"))["meets"]
+    cnn = next(r for m, r in rows.items() if m.startswith("CNNSplitter"))
+    assert cnn["value"] == 1.25 and not cnn["meets"] and cnn["measure"] in summary["flagged"]
+    assert all(r["value"] is None and r["status"] == "missing" for m, r in rows.items() if m.startswith("GradSplitter"))
+    assert summary["met"] == 2 and len(summary["missing"]) == 2
+    summary_figure(summary)
