@@ -124,3 +124,37 @@ def measure_latency(model: nn.Module, input_shape: Sequence[int], batch_size: in
         model.train(was)
     return {"seconds": statistics.median(times), "batch_size": batch_size, "repeats": repeats,
             "warmup": warmup, "threads": used, "device": str(p.device)}
+
+
+@torch.no_grad()
+def latency_ratio(model: nn.Module, reference: nn.Module, input_shape: Sequence[int], batch_size: int = 64,
+                  repeats: int = 20, warmup: int = 5) -> dict:
+    """Median of ``model``'s forward time over ``reference``'s, the two timed alternately on the same
+    input, so that drifts of a shared machine hit both alike; with both medians."""
+    was = model.training, reference.training
+    model.eval()
+    reference.eval()
+    p = next(model.parameters())
+    x = torch.rand(batch_size, *input_shape, device=p.device, dtype=p.dtype)
+    sync = torch.cuda.synchronize if p.device.type == "cuda" else (lambda: None)
+    for _ in range(warmup):
+        model(x)
+        reference(x)
+    sync()
+    ratios, t_model, t_ref = [], [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        model(x)
+        sync()
+        t1 = time.perf_counter()
+        reference(x)
+        sync()
+        t2 = time.perf_counter()
+        t_model.append(t1 - t0)
+        t_ref.append(t2 - t1)
+        ratios.append((t1 - t0) / (t2 - t1))
+    model.train(was[0])
+    reference.train(was[1])
+    return {"ratio": statistics.median(ratios), "seconds": statistics.median(t_model),
+            "reference_seconds": statistics.median(t_ref), "batch_size": batch_size, "repeats": repeats,
+            "threads": torch.get_num_threads(), "device": str(p.device)}

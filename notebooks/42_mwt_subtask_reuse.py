@@ -43,7 +43,7 @@ subtasks = [[0, 1], [2, 4, 6], [5, 7, 9], [1, 3, 8, 9]]  # sub-tasks (lists of c
 threshold = 0.9            # θ of the frequency rule
 on_empty = "lower"         # a layer left empty: lower | top1 | raise
 finetune_epochs = 3        # fine-tuning epochs of each module (published: 10)
-latency_repeats = 10       # timed repeats per latency measurement
+latency_repeats = 20       # timed rounds (module and standard model alternately) per latency ratio
 seed = 0                   # every random choice flows from this seed
 save_to_store = True  # also save the modules into the store (run_dir/../store) for the Module Foundry
 device = "auto"            # auto | cpu | cuda
@@ -57,7 +57,7 @@ from modtools import foundry
 from modtools import mwt as W
 from modtools import mwt_plots, plots
 from modtools import train as T
-from modtools.metrics import count_macs, measure_latency
+from modtools.metrics import count_macs, latency_ratio
 from modtools.report import restricted_accuracy
 from modtools.runner import config_from, current_parameters, write_results
 
@@ -72,7 +72,6 @@ stats = W.collect_gates(gated, data.train, device=device)
 u, decisions = W.module_masks(stats, threshold, on_empty)
 shape = data.train.shape
 full_macs = count_macs(standard.cpu(), shape)["macs"]
-full_latency = measure_latency(standard.cpu(), shape, 64, repeats=latency_repeats)["seconds"]
 
 # %% [markdown]
 # ## One module per sub-task
@@ -82,18 +81,18 @@ rows = []
 for classes in subtasks:
     module, report = W.subtask_module(gated, stats, u, classes, data, cfg, decisions, device=device)
     folder = module.save(Path(run_dir) / "modules" / module.name)
-    if save_to_store:   # its source is the gated model, not a standard one: no source key
-        foundry.save_to_store(module, run_dir)
     net = module.as_model().cpu()
     row = {"classes": list(classes), "class_names": [data.train.class_names[c] for c in classes],
            "krr": report["krr"], "macs_ratio": count_macs(net, shape)["macs"] / full_macs,
-           "latency_ratio": measure_latency(net, shape, 64, repeats=latency_repeats)["seconds"] / full_latency,
+           "latency_ratio": latency_ratio(net, standard, shape, 64, repeats=latency_repeats)["ratio"],
            "accuracy_module": report["accuracy"], "accuracy_module_before_finetune": report["accuracy_before_finetune"],
            "val_accuracy_module": report["val_accuracy"],
            "accuracy_standard": restricted_accuracy(standard, data.test, classes, device=device),
            "accuracy_modular": restricted_accuracy(gated, data.test, classes, device=device),
            "module_folder": str(folder)}
     rows.append(row)
+    if save_to_store:   # after the timings; its source is the gated model, not a standard one: no source key
+        foundry.save_to_store(module, run_dir)
     print(f"{'+'.join(row['class_names'])}: KRR {row['krr']:.2f}, MACs {row['macs_ratio']:.2f}, "
           f"latency {row['latency_ratio']:.2f}, accuracy {row['accuracy_module']:.3f} "
           f"(standard {row['accuracy_standard']:.3f}, modular {row['accuracy_modular']:.3f})")
