@@ -99,7 +99,12 @@ def summary_figure(summary: dict):
         ax.text(r["value"], y + 0.22, f"{r['value']:.2f}", fontsize=7, color=color, ha="center")
     ax.set_yticks(range(len(rows)), [f"{r['measure']} ({r['op']} {r['target']:.2f})" for r in reversed(rows)],
                   fontsize=7)
+    from matplotlib.ticker import FixedLocator, NullFormatter, ScalarFormatter
+
     ax.set_xscale("log")
+    ax.xaxis.set_major_locator(FixedLocator([0.1, 0.25, 0.5, 1, 2, 4, 8]))
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("measured ratio (| = target)")
     ax.set_title(f"benchmarks: {summary['met']} of {summary['targets']} targets met")
     ax.grid(alpha=0.3, axis="x")
