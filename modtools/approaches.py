@@ -125,7 +125,15 @@ def make_config(name: str, params: Mapping[str, Any] | None = None):
     a = get_approach(name)
     spec = {p.name: p for p in approach_params(name)}
     values = {}
+    hidden = {f.name: f for f in dataclasses.fields(a.config) if f.name not in spec}
     for key, value in (params or {}).items():
+        if key in hidden:   # a field the dashboard does not show (lists, dicts): its type must match the default's
+            f = hidden[key]
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            if default is not None and value is not None and not isinstance(value, type(default)):
+                raise ParameterError(f"{key}={value!r} must be a {type(default).__name__}, like its default {default!r}")
+            values[key] = value
+            continue
         if key not in spec:
             raise ParameterError(f"{a.title} has no parameter {key!r}; parameters: {', '.join(spec)}")
         p = spec[key]
@@ -235,13 +243,14 @@ def _register_builtin() -> None:
         "cnnsplitter", "CNNSplitter", CNNSplitterConfig, _run_cnnsplitter,
         summary="Genetic search for each class's kernels; modules patch weak models.",
         params=("population", "generations", "parents_mating", "keep_parents", "mutation_percent", "alpha",
-                "confidence", "confidence_fallback", "seed"),
+                "confidence", "confidence_fallback", "sensitivity_tolerance", "seed"),
         bounds={"population": (2, 10000), "generations": (0, 10000), "parents_mating": (1, 10000),
                 "keep_parents": (0, 9999), "mutation_percent": (0.0, 100.0), "alpha": (0.0, 1.0),
-                "confidence": (0.0, 1.0)},
+                "confidence": (0.0, 1.0), "sensitivity_tolerance": (0.0, 1.0)},
         choices={"confidence_fallback": tuple(CONFIDENCE_FALLBACKS)},
         quick={"population": 8, "generations": 2, "parents_mating": 4, "keep_parents": 2,
-               "confidence_fallback": "all"}))
+               "confidence": 0.6, "confidence_fallback": "all", "sensitivity_tolerance": 0.03,
+               "sensitivity_grid": [0.25, 0.5, 0.75]}))
     register_approach(Approach(
         "seam", "SeaM", SeaMConfig, _run_seam, retention="WRR",
         summary="Weight masks for a binary or multi-class target problem, with a new head.",
@@ -252,7 +261,8 @@ def _register_builtin() -> None:
     register_approach(Approach(
         "mwt", "MwT (modular training)", MwTConfig, _run_mwt,
         summary="Trains its own gated model (same architecture and data), then cuts the module at a threshold.",
-        params=("epochs", "alpha", "beta", "lr", "batch_size", "threshold", "on_empty", "finetune_epochs", "seed"),
+        params=("epochs", "alpha", "beta", "lr", "batch_size", "threshold", "on_empty", "finetune_epochs", "augment",
+                "seed"),
         bounds={"epochs": (1, 10000), "alpha": (0.0, 100.0), "beta": (0.0, 100.0), "lr": (1e-6, 10.0),
                 "batch_size": (1, 4096), "threshold": (0.01, 1.0), "finetune_epochs": (0, 1000)},
         choices={"on_empty": tuple(ON_EMPTY)}, quick={"epochs": 2, "finetune_epochs": 1}, min_classes=2))

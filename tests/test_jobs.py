@@ -176,3 +176,10 @@ def test_compose_and_patch_save_new_modules_with_lineage(store, foundry_model):
     card = store.card("patched-one")
     assert card["kind"] == "patched" and card["lineage"][0]["module"] == "one"
     assert store.search("patched-one")[0].approach == "patched"
+
+
+def test_hidden_config_fields_are_accepted_with_their_type():
+    cfg = make_config("cnnsplitter", {"sensitivity_grid": [0.25, 0.5]})
+    assert cfg.sensitivity_grid == [0.25, 0.5]
+    with pytest.raises(ParameterError, match="must be a list"):
+        make_config("cnnsplitter", {"sensitivity_grid": 0.5})
