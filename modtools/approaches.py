@@ -63,6 +63,7 @@ class Approach:
     choices: Mapping[str, tuple] = field(default_factory=dict)
     quick: Mapping[str, Any] = field(default_factory=dict)   # settings for a run of about a minute on a CPU
     min_classes: int = 1
+    per_class: bool = False                     # one module per target class (else one for the class set)
 
 
 _REGISTRY: dict[str, Approach] = {}
@@ -230,7 +231,7 @@ def _register_builtin() -> None:
         params=("keep_fraction", "head", "seed"), bounds={"keep_fraction": (0.01, 1.0)},
         choices={"head": tuple(HEADS)}, quick={"keep_fraction": 0.5}))
     register_approach(Approach(
-        "gradsplitter", "GradSplitter", GradSplitterConfig, _run_gradsplitter,
+        "gradsplitter", "GradSplitter", GradSplitterConfig, _run_gradsplitter, per_class=True,
         summary="Gradient-based kernel masks, one module per class; a module detects its class.",
         params=("first_head_epochs", "cycle_epochs", "cycle_mask", "cycle_head", "alpha", "lr_mask", "lr_head",
                 "batch_size", "select", "seed"),
@@ -240,7 +241,7 @@ def _register_builtin() -> None:
         choices={"select": ("composed", "per_module")},
         quick={"first_head_epochs": 1, "cycle_epochs": 3, "cycle_mask": 2, "cycle_head": 1}))
     register_approach(Approach(
-        "cnnsplitter", "CNNSplitter", CNNSplitterConfig, _run_cnnsplitter,
+        "cnnsplitter", "CNNSplitter", CNNSplitterConfig, _run_cnnsplitter, per_class=True,
         summary="Genetic search for each class's kernels; modules patch weak models.",
         params=("population", "generations", "parents_mating", "keep_parents", "mutation_percent", "alpha",
                 "confidence", "confidence_fallback", "sensitivity_tolerance", "seed"),

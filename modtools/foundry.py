@@ -98,15 +98,15 @@ def resolve_classes(classes: Sequence[int | str], class_names: Sequence[str], da
     if isinstance(classes, (str, int)):
         classes = [classes]
     for c in classes:
-        if isinstance(c, str) and not c.strip().lstrip("-").isdigit() or isinstance(c, str) and c.lower() in lower:
-            name = c.strip().lower()
-            if name not in lower:
+        text = c.strip().lower() if isinstance(c, str) else None
+        if text is not None and (text in lower or not text.lstrip("-").isdigit()):
+            if text not in lower:
                 elsewhere = [d for d, names in KNOWN_CLASS_NAMES.items() if d != dataset
-                             and name in (n.lower() for n in names)]
+                             and text in (n.lower() for n in names)]
                 hint = f" ({c!r} is a class of {', '.join(elsewhere)})" if elsewhere else ""
                 raise InvalidClassError(f"unknown class {c!r} for data set {dataset or 'of the model'!r}{hint}; "
                                         f"its classes are: {', '.join(class_names)}")
-            idx = lower.index(name)
+            idx = lower.index(text)
         else:
             idx = int(c)
             if not 0 <= idx < len(class_names):
@@ -136,7 +136,7 @@ def _class_names_for(spec: ModelSpec, record: dict | None) -> list[str]:
 def output_names(approach: str, classes: Sequence[int], class_names: Sequence[str], arch: str,
                  name: str | None = None) -> list[str]:
     """The module names a decomposition writes: one per class for per-class approaches."""
-    per_class = approach in ("gradsplitter", "cnnsplitter")
+    per_class = get_approach(approach).per_class
     base = check_name(name) if name else slug(f"{approach}-{arch}-" + "+".join(class_names[c] for c in classes))
     if per_class and len(classes) > 1:
         return [check_name(slug(f"{base}-{class_names[c]}")) for c in classes]
@@ -153,7 +153,7 @@ def decompose(store: ModuleStore, approach: str, classes: Sequence[int | str], m
     """
     if (model_key is None) == (spec is None):
         raise ValueError("give exactly one of model_key (a cached model) and spec (a model to train)")
-    cfg = make_config(approach, params)
+    make_config(approach, params)   # checked here; the job builds the config again from the same parameters
     if model_key is not None:
         model_spec_, record = model_spec(model_key, cache)
     else:
@@ -163,7 +163,6 @@ def decompose(store: ModuleStore, approach: str, classes: Sequence[int | str], m
     ids = resolve_classes(classes, names, model_spec_.dataset)
     check_task(approach, ids)
     outputs = output_names(approach, ids, names, model_spec_.arch, name)
-    del cfg   # checked here; the job builds it again from the same parameters
     request = {"approach": approach, "classes": ids, "class_names": [names[c] for c in ids],
                "spec": model_spec_.to_dict(), "params": dict(params or {}), "cache": str(Path(cache or default_cache()).absolute()),
                "device": device, "outputs": outputs}
@@ -260,11 +259,10 @@ def download(store: ModuleStore, name: str) -> Path:
 # Evaluate
 # --------------------------------------------------------------------------------------------
 
-def _task(module_task: dict, data_split: D.ImageDataset, n_out: int, seed: int = 0) -> tuple[D.ImageDataset, str]:
+def _task(module_task: dict, data_split: D.ImageDataset, binary: bool, seed: int = 0) -> D.ImageDataset:
+    """The module's task on a split: its class against a balanced sample of the rest, or its classes."""
     classes = list(module_task.get("classes", []))
-    if module_task.get("kind") == "binary" or n_out == 1:
-        return D.binary_task(data_split, classes[0], seed=seed), "binary"
-    return D.subset_task(data_split, classes), "multiclass"
+    return D.binary_task(data_split, classes[0], seed=seed) if binary else D.subset_task(data_split, classes)
 
 
 def _binary_threshold(scores: torch.Tensor, labels: torch.Tensor) -> float:
@@ -277,8 +275,7 @@ def _binary_threshold(scores: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def _predict_task(net: nn.Module, task_kind: str, n_out: int, test: D.ImageDataset, val: D.ImageDataset,
-                  device: str) -> torch.Tensor:
+def _predict_task(net: nn.Module, n_out: int, test: D.ImageDataset, val: D.ImageDataset, device: str) -> torch.Tensor:
     out = predict(net, test, device=device)
     if n_out == 1:
         t = _binary_threshold(predict(net, val, device=device)[:, 0], val.labels)
@@ -293,12 +290,12 @@ def task_metrics(module: Module, data: SpecData, device: str = "auto") -> dict:
     accurate on the validation split; its task is "class vs a balanced sample of the rest"."""
     net = module.as_model()
     n_out = int(net(data.test.float_images()[:1]).shape[1])
-    test, kind = _task(module.task, data.test, n_out)
-    val, _ = _task(module.task, data.val, n_out)
-    pred = _predict_task(net, kind, n_out, test, val, device)
+    binary = module.task.get("kind") == "binary" or n_out == 1
+    test, val = _task(module.task, data.test, binary), _task(module.task, data.val, binary)
+    pred = _predict_task(net, n_out, test, val, device)
     rep = classification_report(pred, test.labels, test.num_classes, test.class_names)
     return {"accuracy": rep["accuracy"], "f1": {p["name"]: p["f1"] for p in rep["per_class"]},
-            "task": kind, "test_samples": len(test)}
+            "task": "binary" if binary else "multiclass", "test_samples": len(test)}
 
 
 def _source_on_task(model: nn.Module, module_task: dict, test: D.ImageDataset, kind: str, device: str) -> float:
@@ -329,11 +326,10 @@ def evaluate(store: ModuleStore, name: str, cache: str | os.PathLike | None = No
     data = spec_data(spec)
     module = store.load(name, model=source)
     metrics = task_metrics(module, data, device)
-    n_out = 1 if metrics["task"] == "binary" and module.head_spec.get("type") != "linear" else None
-    test, kind = _task(module.task, data.test, n_out or 2)
+    test = _task(module.task, data.test, metrics["task"] == "binary")
     shape = tuple(c["base_model"]["input_shape"])
     m_cost, s_cost = count_macs(module.as_model(), shape), count_macs(source, shape)
-    out = {"name": name, **metrics, "source_accuracy": _source_on_task(source, module.task, test, kind, device),
+    out = {"name": name, **metrics, "source_accuracy": _source_on_task(source, module.task, test, metrics["task"], device),
            "macs": int(m_cost["macs"]), "source_macs": int(s_cost["macs"]), "params": int(m_cost["params"]),
            "source_params": int(s_cost["params"]), "macs_ratio": m_cost["macs"] / max(s_cost["macs"], 1)}
     if latency:
@@ -449,9 +445,9 @@ def patch(store: ModuleStore, name: str, weak_key: str, new_name: str | None = N
     if len(module.task.get("classes", [])) != 1:
         raise ModuleMismatchError(f"module {name!r} covers classes {module.task.get('classes')}; a patch needs a "
                                   "one-class module")
-    mspec, _ = model_spec(module.source.get("cache_key", ""), cache) if module.source.get("cache_key") else (None, None)
-    if mspec is None:
+    if not module.source.get("cache_key"):
         raise SourceModelMissingError(f"module {name!r} records no source model, so its calibration data is unknown")
+    mspec, _ = model_spec(module.source["cache_key"], cache)
     if mspec.classes is not None:
         raise ModuleMismatchError(f"module {name!r} comes from a model of classes {mspec.classes} of "
                                   f"{mspec.dataset}; patching needs modules of a model of all its classes")
