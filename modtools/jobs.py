@@ -56,9 +56,7 @@ def update_job(store: ModuleStore, job_id: str, **changes: Any) -> dict:
     """Change fields of a job record under the store's lock; a finished job is never reopened."""
     with store.lock():
         record = read_job(store, job_id)
-        if record["status"] in FINISHED and changes.get("status") not in (None, record["status"]):
-            return record
-        if record["status"] in FINISHED and "status" not in changes and "progress" in changes:
+        if record["status"] in FINISHED and ({"status", "progress"} & set(changes)):
             return record
         record.update(changes)
         atomic_write_json(job_folder(store, job_id) / "job.json", record)
