@@ -132,6 +132,7 @@ class Dashboard:
         header = W.HTML(f"<h3 style='margin:4px 0'>Module Foundry</h3><small>store: {html.escape(str(store.root))}"
                         f" · approaches: {', '.join(get_approach(a).title for a in list_approaches())}</small>")
         self.widget = W.VBox([header, self.message, self.tabs]).add_class("mt-dashboard")
+        self.refresh_models()
         self.refresh_names()
         self.refresh_jobs()
 
@@ -252,13 +253,14 @@ class Dashboard:
             W.HBox([W.HTML("<b>Parameters</b> (defaults: the approach's config)"), quick]), self.params_box, go,
             W.HTML("<hr><b>Or train a model</b> (a background job; it appears in the model list when done)"),
             W.HBox([self.train_arch, self.train_dataset]), W.HBox([self.train_width, self.train_epochs, train])])
-        self.refresh_models()
+        self._models: dict = {}
         self._show_params()
 
     def refresh_models(self) -> None:
         self._models = {m["key"]: m for m in foundry.list_models(self.cache)}
         _set_options(self.model_pick, [(f"{m['key']} ({m['dataset']}, test acc {_fmt(m['test_accuracy'])})", k)
                                        for k, m in self._models.items()])
+        _set_options(self.patch_weak, list(self._models))
         self._show_model()
 
     def _show_model(self) -> None:
@@ -360,7 +362,7 @@ class Dashboard:
             while True:
                 time.sleep(self.poll)
                 try:
-                    records = self.refresh_jobs_quiet()
+                    records = self.refresh_jobs()   # this thread is alive, so it starts no other poller
                 except Exception as exc:  # noqa: BLE001
                     self.say(f"{type(exc).__name__}: {exc}", error=True)
                     return
@@ -371,13 +373,6 @@ class Dashboard:
 
         self._poller = threading.Thread(target=loop, daemon=True, name="foundry-poll")
         self._poller.start()
-
-    def refresh_jobs_quiet(self) -> list[dict]:
-        poller, self._poller = self._poller, None      # so refresh_jobs does not start a second poller
-        try:
-            return self.refresh_jobs()
-        finally:
-            self._poller = poller
 
     def cancel(self, job_id: str) -> dict:
         rec = foundry.cancel(self.store, job_id)
@@ -430,10 +425,7 @@ class Dashboard:
             W.HTML("<hr><b>Patch</b> a weak model's class with a one-class module"),
             W.HBox([self.patch_pick, self.patch_weak]),
             W.HBox([self.patch_name, self._button("Patch", "mt-patch", self.do_patch)]), self.reuse_out])
-        self.tabs_reuse_models()
 
-    def tabs_reuse_models(self) -> None:
-        _set_options(self.patch_weak, [m["key"] for m in foundry.list_models(self.cache)])
 
     def do_download(self) -> str:
         name = self.dl_pick.value

@@ -44,6 +44,7 @@ import os
 from pathlib import Path
 
 from modtools import foundry, plots
+from modtools.approaches import get_approach
 from modtools.dashboard import foundry_dashboard
 from modtools.runner import current_parameters, write_results
 from modtools.store import entries_table
@@ -67,7 +68,7 @@ if demo and not store.entries():
     spec = ModelSpec(arch="rescnn", width=0.125, dataset="synthetic", data_seed=seed,
                      fit=FitConfig(epochs=10, batch_size=16, lr=0.05, seed=seed))
     for approach, classes in (("baseline", ["class0", "class1"]), ("seam", ["class2"])):
-        job = foundry.decompose(store, approach, classes, spec=spec, params=dict(foundry.get_approach(approach).quick),
+        job = foundry.decompose(store, approach, classes, spec=spec, params=dict(get_approach(approach).quick),
                                 cache=cache, device=device)
         record = foundry.wait(store, job, timeout=600)
         print(approach, record["status"], record.get("error") or record["result"])
