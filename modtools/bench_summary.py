@@ -61,7 +61,8 @@ def build_summary(bench_dir: str | os.PathLike = "runs/bench", write: bool = Tru
                "file": str(path), "value": None, "meets": False, "status": "missing"}
         if path.is_file():
             try:
-                value = t.value(read_json(path))
+                results = read_json(path)
+                value = t.value(results)
             except (KeyError, TypeError, ValueError) as exc:
                 row.update(status=f"unreadable: {type(exc).__name__}: {exc}")
             else:
@@ -70,7 +71,7 @@ def build_summary(bench_dir: str | os.PathLike = "runs/bench", write: bool = Tru
                 else:
                     meets = t.meets(float(value))
                     row.update(value=float(value), meets=meets, status="ok" if meets else "MISSES TARGET",
-                               profile=read_json(path).get("profile", "full"))
+                               profile=results.get("profile", "full"))
         rows.append(row)
     summary = {"rows": rows, "met": sum(r["meets"] for r in rows), "targets": len(rows),
                "missing": [r["measure"] for r in rows if r["value"] is None],
