@@ -28,6 +28,7 @@ is within 1.25× of the MAC ratio.
 from __future__ import annotations
 
 import argparse
+import copy
 import time
 from pathlib import Path
 
@@ -141,10 +142,11 @@ def bench_mwt(arch: str = "resnet20", width: float = 1.0, batch_size: int = 128,
 
 
 def bench_seam(archs: tuple = (("resnet20", 1.0), ("vgg16", 0.5)), batch_size: int = 64, steps: int = 8,
-               image_size: int = 32, seed: int = 0) -> dict:
+               image_size: int = 32, seed: int = 0, problems: int = 4) -> dict:
     """SeaM: seconds per re-engineering step (masked forward, CE + α·WRR, backward into the scores,
     Adam) against a plain training step of the same model (SGD on all weights), interleaved, and the
-    latency of the original, zeroed dense and extracted models for masks that keep 10 % of the weights.
+    latency of the original, zeroed dense and extracted models for masks that keep 10 % of the weights,
+    and ``problems`` target problems re-engineered together against one after another.
     Target: step ratio <= 1.0."""
     import statistics
 
@@ -191,16 +193,69 @@ def bench_seam(archs: tuple = (("resnet20", 1.0), ("vgg16", 0.5)), batch_size: i
                               True, 0.0, problem, {"kernel_level": False}, 10)
         module = S.to_module(source, result, _shape_only(image_size))
         costs = S.cost_report(source, result, module, (3, image_size, image_size), batch_size, repeats=5)
+        together = _seam_problems_together(source, problems, batch_size, image_size, steps)
         rows.append({"arch": arch, "width": width, "step_seconds_plain": plain_s, "step_seconds_reengineer": re_s,
                      "step_ratio": re_s / plain_s, "meets_target": re_s / plain_s <= 1.0,
+                     "problems_together": together,
                      "random_10pct_masks": {k: costs[k] for k in ("macs", "latency_seconds", "latency_ratio",
                                                                    "latency_ratio_dense", "macs_ratio_nonzero",
                                                                    "macs_ratio_structured")}})
         print(f"seam {arch} x{width}: re-engineering step {re_s:.3f} s vs plain {plain_s:.3f} s "
               f"({re_s / plain_s:.2f}); 10 % random weights: zeroed dense latency {costs['latency_ratio_dense']:.2f}, "
-              f"extracted {costs['latency_ratio']:.2f}", flush=True)
+              f"extracted {costs['latency_ratio']:.2f}; {problems} problems in one vmapped step "
+              f"{together['ratio']:.2f}x the sequential steps, keep {together['keep']}", flush=True)
     return {"benchmark": "seam", "batch_size": batch_size, "threads": torch.get_num_threads(), "target_step_ratio": 1.0,
-            "rows": rows, "unit": MAC_UNIT}
+            "device": "cpu", "rows": rows, "unit": MAC_UNIT}
+
+
+def _seam_problems_together(source: nn.Module, problems: int, batch_size: int, image_size: int, steps: int) -> dict:
+    """Seconds for one optimiser step of ``problems`` binary target problems: K :class:`~modtools.seam.Reengineer`
+    steps one after another (what the library does) against one step of all K through
+    :func:`~modtools.seam.stacked_forward` (``torch.func.vmap`` over stacked scores), interleaved.
+    ``keep`` names the faster on this device; the library keeps the sequential engine unless the
+    stacked step is faster by more than 5 %."""
+    import statistics
+
+    import torch.nn.functional as F
+
+    from . import seam as S
+
+    names = [str(i) for i in range(10)]
+    x = torch.rand(problems, batch_size, 3, image_size, image_size)
+    y = torch.randint(0, 2, (problems, batch_size))
+    engines = [S.Reengineer(source, S.target_problem(k, names), S.SeaMConfig(), (3, image_size, image_size), "cpu")
+               for k in range(problems)]
+    opts = [torch.optim.Adam([{"params": e.mask_params, "lr": 0.05}, {"params": e.head.parameters(), "lr": 0.1}])
+            for e in engines]
+    frozen = copy.deepcopy(source).eval()
+    for p in frozen.parameters():
+        p.requires_grad_(False)
+    scores, weight, bias = S.stacked_problems(frozen, problems)
+    opt = torch.optim.Adam([{"params": list(scores.values()), "lr": 0.05}, {"params": [weight, bias], "lr": 0.1}])
+    times = {"sequential": [], "stacked": []}
+    for i in range(steps + 2):
+        t0 = time.perf_counter()
+        for k, (engine, o) in enumerate(zip(engines, opts)):
+            engine.refresh_alive()
+            loss = F.cross_entropy(engine.forward(x[k]), y[k]) + engine.retention()
+            o.zero_grad(set_to_none=True)
+            loss.backward()
+            o.step()
+        t1 = time.perf_counter()
+        logits, wrr = S.stacked_forward(frozen, scores, weight, bias, x)
+        loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum") / batch_size + wrr.sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        t2 = time.perf_counter()
+        if i >= 2:
+            times["sequential"].append(t1 - t0)
+            times["stacked"].append(t2 - t1)
+    for engine in engines:
+        engine.gating.remove()
+    seq, stacked = statistics.median(times["sequential"]), statistics.median(times["stacked"])
+    return {"problems": problems, "seconds_sequential": seq, "seconds_stacked": stacked, "ratio": stacked / seq,
+            "keep": "stacked" if stacked < 0.95 * seq else "sequential"}
 
 
 def bench_cnnsplitter(width: float = 0.25, image_size: int = 32, val_images: int = 200, population: int = 100,

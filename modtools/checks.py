@@ -105,15 +105,22 @@ def _threshold_problems(params: Mapping[str, Any]) -> list[str]:
     return out
 
 
+PRETRAINED_SOURCE = "imagenet"
+
+
 def _name_problems(params: Mapping[str, Any]) -> list[str]:
-    from .data import DATASET_NAMES
+    from .data import DATASET_NAMES, FOLDER_PREFIX, is_dataset_name
     from .models import list_models
 
     out = []
-    for key in ("dataset", "source_a", "source_b", "source", "target_dataset"):
+    for key in ("dataset", "source_a", "source_b", "source", "target", "target_dataset"):
         value = params.get(key)
-        if isinstance(value, str) and value not in DATASET_NAMES:
-            out.append(f"{key}={value!r} is not a data set; allowed: {', '.join(DATASET_NAMES)}")
+        if key == "source" and value == PRETRAINED_SOURCE:
+            continue    # 52: torchvision's ImageNet weights
+        if isinstance(value, str) and not is_dataset_name(value):
+            extra = f" or '{PRETRAINED_SOURCE}' (torchvision's pretrained weights)" if key == "source" else ""
+            out.append(f"{key}={value!r} is not a data set; allowed: {', '.join(DATASET_NAMES)}, "
+                       f"'{FOLDER_PREFIX}PATH'{extra}")
     archs = [("arch", params["arch"])] if isinstance(params.get("arch"), str) else []
     archs += [(f"archs[{i}]", a) for i, a in enumerate(params.get("archs") or []) if isinstance(a, str)]
     for key, value in archs:

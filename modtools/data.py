@@ -14,6 +14,9 @@ Where files come from (``root`` defaults to ``$MODTOOLS_DATA``, else ``./data``)
   from ``root``, downloading only when allowed.
 * ``digits``: scikit-learn's 8x8 handwritten digits (shipped with scikit-learn), upsampled to 28x28.
 * ``synthetic``: seeded class templates plus noise, for tests.
+* ``folder:PATH``: your own images, ``PATH/train/<class>/*`` and ``PATH/test/<class>/*`` (class
+  folders sorted by name; a relative ``PATH`` lies under the data root), resized to 256 and
+  centre-cropped to 224 as ImageNet models expect (:func:`load_image_folder`).
 """
 from __future__ import annotations
 
@@ -228,12 +231,75 @@ def synthetic(num_classes: int = 4, n_per_class: int = 32, image_size: int = 16,
 
 
 DATASET_NAMES = ("fashion-mnist", "mnist", "cifar10", "cifar100", "svhn", "digits", "synthetic")
+FOLDER_PREFIX = "folder:"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+def is_dataset_name(name) -> bool:
+    """Whether ``name`` names a data set: one of ``DATASET_NAMES`` or ``folder:PATH``."""
+    return isinstance(name, str) and (name in DATASET_NAMES or (name.startswith(FOLDER_PREFIX)
+                                                                and len(name) > len(FOLDER_PREFIX)))
+
+
+def _unknown(name) -> UnknownNameError:
+    return UnknownNameError(f"unknown data set {name!r}; available: {', '.join(DATASET_NAMES)} or "
+                            f"'{FOLDER_PREFIX}PATH' (PATH/train/<class>/* and PATH/test/<class>/*)")
+
+
+def _folder_root(name: str, root: str | os.PathLike | None = None) -> Path:
+    path = Path(name[len(FOLDER_PREFIX):]).expanduser()
+    return path if path.is_absolute() else data_root(root) / path
+
+
+def _class_folders(where: Path, name: str) -> list[Path]:
+    if not where.is_dir():
+        raise DatasetNotFoundError(
+            f"no image folder at {where} (from {name!r}): expected {where}/<class>/<images>, with a train/ and a "
+            "test/ folder under the data set's folder; a relative path lies under the data root "
+            "($MODTOOLS_DATA, else ./data)")
+    folders = sorted(d for d in where.iterdir() if d.is_dir())   # sorted: labels never depend on the file system
+    if not folders:
+        raise DatasetNotFoundError(f"{where} has no class folders; expected {where}/<class>/<images>")
+    return folders
+
+
+def load_image_folder(name: str, split: str = "train", root: str | os.PathLike | None = None,
+                      image_size: int = 224, resize: int | None = 256) -> ImageDataset:
+    """Images from ``PATH/<split>/<class>/*`` (``name`` = ``folder:PATH``), RGB, resized so the short
+    side is ``resize`` and centre-cropped to ``image_size`` (ImageNet's test transform), held in memory."""
+    from PIL import Image
+
+    if not (isinstance(name, str) and name.startswith(FOLDER_PREFIX)):
+        raise _unknown(name)
+    short = image_size if resize is None else resize
+    if image_size < 1 or short < image_size:
+        raise ValueError(f"image_size={image_size}, resize={resize}: allowed 1 <= image_size <= resize")
+    where = _folder_root(name, root) / split
+    folders = _class_folders(where, name)
+    images, labels = [], []
+    for label, folder in enumerate(folders):
+        files = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise EmptyClassError(f"class folder {folder} has no images ({', '.join(IMAGE_SUFFIXES)})")
+        for f in files:
+            with Image.open(f) as im:
+                im = im.convert("RGB")
+                scale = short / min(im.size)
+                im = im.resize((max(short, round(im.width * scale)), max(short, round(im.height * scale))),
+                               Image.BILINEAR)
+                left, top = (im.width - image_size) // 2, (im.height - image_size) // 2
+                im = im.crop((left, top, left + image_size, top + image_size))
+                images.append(torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1))
+            labels.append(label)
+    return ImageDataset(torch.stack(images), torch.tensor(labels), [f.name for f in folders], name)
 
 
 def num_classes(name: str, superclasses: bool = False) -> int:
     """How many classes the data set ``name`` has, without loading it."""
+    if isinstance(name, str) and name.startswith(FOLDER_PREFIX) and is_dataset_name(name):
+        return len(_class_folders(_folder_root(name) / "train", name))
     if name not in DATASET_NAMES:
-        raise UnknownNameError(f"unknown data set {name!r}; available: {', '.join(DATASET_NAMES)}")
+        raise _unknown(name)
     if name == "cifar100":
         return len(CIFAR100_SUPERCLASSES) if superclasses else 100
     return 4 if name == "synthetic" else 10
@@ -244,17 +310,19 @@ def load_dataset(name: str = "fashion-mnist", split: str = "train", root: str | 
     """Load a data set by name.
 
     Args:
-        name: one of ``DATASET_NAMES``.
+        name: one of ``DATASET_NAMES``, or ``folder:PATH`` (see :func:`load_image_folder`).
         split: ``"train"`` or ``"test"``.
         root: data root (default ``$MODTOOLS_DATA`` or ``./data``).
         download: allow torchvision to download (default: ``MODTOOLS_DOWNLOAD=1``).
         superclasses: for ``cifar100``, label with the 20 superclasses.
         seed: seed of the synthetic set and of the digits train/test split.
     """
-    if name not in DATASET_NAMES:
-        raise UnknownNameError(f"unknown data set {name!r}; available: {', '.join(DATASET_NAMES)}")
+    if not is_dataset_name(name):
+        raise _unknown(name)
     if split not in SPLITS:
         raise UnknownNameError(f"unknown split {split!r} for {name}; available: {', '.join(SPLITS)}")
+    if name.startswith(FOLDER_PREFIX):
+        return load_image_folder(name, split, root)
     root_path = data_root(root)
     allowed = _downloads_allowed(download)
     if name == "fashion-mnist":

@@ -27,6 +27,10 @@ class DatasetNotFoundError(FileNotFoundError):
     """A data set's files are missing and no download was attempted (or allowed)."""
 
 
+class WeightsNotFoundError(FileNotFoundError):
+    """Pretrained weights are not on disk and no download was attempted (or allowed)."""
+
+
 class EmptyMaskError(ValueError):
     """A mask removes every kernel of a layer and no explicit policy allows it."""
 

@@ -98,9 +98,15 @@ def random_masks(layers: list[MaskableLayer], keep: float, seed: int = 0) -> dic
 class BinarizeSTE(torch.autograd.Function):
     """Forward: ``1[score > 0]``. Backward: the incoming gradient clipped to [-1, 1] (straight through)."""
 
+    generate_vmap_rule = True   # elementwise, so it also works under torch.func.vmap (stacked scores)
+
     @staticmethod
-    def forward(ctx, score):
+    def forward(score):
         return (score > 0).to(score.dtype)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
 
     @staticmethod
     def backward(ctx, grad):

@@ -21,6 +21,8 @@ from __future__ import annotations
 import copy
 from typing import Callable
 
+from pathlib import Path
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -284,6 +286,60 @@ def _torchvision_model(name: str, in_channels: int = 3, num_classes: int = 10, w
                 continue
             break
     return model
+
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class Normalize(nn.Module):
+    """``(x − mean) / std`` per channel: lets a model trained on normalised inputs take ``[0, 1]`` images."""
+
+    def __init__(self, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def pretrained(name: str, weights: str = "IMAGENET1K_V1", download: bool | None = None) -> nn.Module:
+    """A torchvision classifier (``"tv:resnet18"`` or ``"resnet18"``) with its published ImageNet
+    weights, ImageNet normalisation inside, so that it takes ``[0, 1]`` images like every zoo model.
+
+    The weights are read from torch's hub cache (``$TORCH_HOME/hub/checkpoints``). They are downloaded
+    only when ``download=True`` or ``MODTOOLS_DOWNLOAD=1``; otherwise a missing file raises
+    :class:`~modtools.errors.WeightsNotFoundError` naming the file and where to get it.
+    """
+    import os
+
+    import torchvision
+    from torch.hub import get_dir
+
+    from .errors import WeightsNotFoundError
+
+    tv_name = name[3:] if name.startswith("tv:") else name
+    try:
+        enum = torchvision.models.get_model_weights(tv_name)
+    except (ValueError, KeyError) as exc:
+        raise UnknownNameError(f"no torchvision weights for model {name!r}: {exc}") from None
+    try:
+        chosen = enum[weights] if isinstance(weights, str) else enum(weights)
+    except (KeyError, ValueError):
+        raise UnknownNameError(f"unknown weights {weights!r} for {tv_name}; available: "
+                               f"{', '.join(w.name for w in enum)}") from None
+    path = Path(get_dir()) / "checkpoints" / os.path.basename(chosen.url)
+    allowed = download if download is not None else os.environ.get("MODTOOLS_DOWNLOAD", "0").lower() in (
+        "1", "true", "yes")
+    if not path.is_file() and not allowed:
+        raise WeightsNotFoundError(
+            f"the {chosen} weights of {tv_name} are not at {path}. No download was attempted. Put the file "
+            f"{chosen.url} there (or set TORCH_HOME to a folder whose hub/checkpoints has it), or allow a "
+            "download with download=True / MODTOOLS_DOWNLOAD=1.")
+    net = torchvision.models.get_model(tv_name, weights=None)
+    net.load_state_dict(chosen.get_state_dict(progress=False, check_hash=True))
+    return nn.Sequential(Normalize(), net)
 
 
 def list_models() -> list[str]:

@@ -103,7 +103,13 @@ PROFILE_VALUES.update({
                   "model_epochs": 1, "thresholds": [0.3], "finetune_epochs": 1, "probe_epochs": 1,
                   "max_reengineer_epochs": 2, "attack_steps": 2},
         "quick": {},
-        "paper": {},   # the published setting (an ImageNet ResNet-18 on a folder of images) is not wired in yet
+        # the published setting: torchvision's ImageNet ResNet-18 reused on a folder of images (pass
+        # -p target folder:PATH); eps and step are the published 0.1 / 0.01 in normalised input space,
+        # times ImageNet's mean std (0.226) in [0, 1] space; fixed epochs where the original stops early
+        "paper": {"source": "imagenet", "target": "folder:transfer", "arch": "tv:resnet18", "width": 1.0,
+                  "thresholds": [0.3, 0.4, 0.5, 0.6, 0.7], "finetune_epochs": 100, "finetune_lr": 0.005,
+                  "probe_epochs": 30, "probe_lr": 0.1, "lr_mask": 0.05, "alpha": 0.5, "init_value": 1.0,
+                  "max_reengineer_epochs": 300, "eps": 0.0226, "attack_steps": 40, "attack_step_size": 0.00226},
     },
 })
 

@@ -401,6 +401,46 @@ def reengineer(model: nn.Module, problem: TargetProblem, train: D.ImageDataset, 
     return engine.run(train, val, acc_pre, progress)
 
 
+def stacked_problems(model: nn.Module, problems: int, init_value: float = 1.0,
+                     head_classes: int = 2) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    """Scores for ``problems`` target problems of one model stacked on a leading axis (one per weight
+    and bias of every conv and linear layer, all ``init_value``), and their heads' weights and biases:
+    the state :func:`stacked_forward` takes."""
+    params = _maskable_parameters(model)
+    scores = {n: torch.full((problems, *p.shape), float(init_value), device=p.device, requires_grad=True)
+              for n, p in params.items()}
+    num_classes = list(params.values())[-1].shape[0]          # the out-features of the classifier
+    g = torch.Generator().manual_seed(0)
+    weight = (torch.randn(problems, head_classes, num_classes, generator=g) / math.sqrt(num_classes)).requires_grad_()
+    return scores, weight, torch.zeros(problems, head_classes, requires_grad=True)
+
+
+def _maskable_parameters(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p for n, p in model.named_parameters() if n.endswith((".weight", ".bias"))
+            and isinstance(model.get_submodule(n.rsplit(".", 1)[0]), (nn.Conv2d, nn.Linear))}
+
+
+def stacked_forward(model: nn.Module, scores: dict[str, torch.Tensor], head_weight: torch.Tensor,
+                    head_bias: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """K target problems in one batched pass (``torch.func.vmap`` over the stacked scores): ``x`` is
+    ``K × B × C × H × W``; returns the K × B × classes logits of each problem's head (ReLU → Linear on the
+    masked model's logits) and the K WRRs. The model (in eval mode, BN frozen) is not changed.
+
+    The benchmark compares one such step with K steps of :class:`Reengineer` one after another."""
+    from torch.func import functional_call, vmap
+
+    base = {n: p.detach() for n, p in model.named_parameters()}
+    buffers = dict(model.named_buffers())
+    total = sum(base[n].numel() for n in scores)
+
+    def one(sc, w, b, xk):
+        hard = {n: binarize_ste(s) for n, s in sc.items()}
+        out = functional_call(model, ({**base, **{n: base[n] * m for n, m in hard.items()}}, buffers), (xk,))
+        return F.linear(F.relu(out), w, b), sum(m.sum() for m in hard.values()) / total
+
+    return vmap(one)(scores, head_weight, head_bias, x)
+
+
 # --------------------------------------------------------------------------------------------
 # The re-engineered model, its module and its costs
 # --------------------------------------------------------------------------------------------

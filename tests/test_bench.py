@@ -73,3 +73,13 @@ def test_bench_summary_is_built_from_the_files_and_flags_misses(tmp_path):
     assert all(r["value"] is None and r["status"] == "missing" for m, r in rows.items() if m.startswith("GradSplitter"))
     assert summary["met"] == 2 and len(summary["missing"]) == 2
     summary_figure(summary)
+
+
+def test_bench_seam_fields_and_problems_together():
+    results = bench.bench_seam(archs=(("resnet20", 0.25),), batch_size=4, steps=1, image_size=16, problems=2)
+    (row,) = results["rows"]
+    assert row["step_seconds_plain"] > 0 and row["step_ratio"] > 0
+    together = row["problems_together"]
+    assert together["problems"] == 2 and together["seconds_sequential"] > 0 and together["seconds_stacked"] > 0
+    assert together["keep"] in ("sequential", "stacked")
+    assert together["keep"] == ("stacked" if together["ratio"] < 0.95 else "sequential")

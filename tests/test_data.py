@@ -141,3 +141,44 @@ def test_loader_batches_and_augmentation(tiny_data):
     assert torch.equal(same, x)
     with pytest.raises(ValueError, match="batch_size"):
         D.TensorLoader(train, batch_size=0)
+
+
+def _write_image_folder(root, classes=("b_cat", "a_dog"), per_class=2, sizes=((40, 30), (25, 50))):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for c in classes:
+            (root / split / c).mkdir(parents=True)
+            for i in range(per_class):
+                w, h = sizes[i % len(sizes)]
+                Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / split / c / f"{i}.png")
+    (root / "train" / classes[0] / "notes.txt").write_text("not an image")
+
+
+def test_image_folder_sorted_classes_resized_and_cropped(tmp_path):
+    _write_image_folder(tmp_path / "pets")
+    ds = D.load_image_folder(f"folder:{tmp_path / 'pets'}", "train", image_size=16, resize=20)
+    assert ds.class_names == ["a_dog", "b_cat"]          # sorted, never the file system's order
+    assert ds.images.shape == (4, 3, 16, 16) and ds.images.dtype == torch.uint8
+    assert ds.labels.tolist() == [0, 0, 1, 1] and ds.class_counts() == [2, 2]
+    # a relative path lies under the data root; load_dataset takes the same name (224 crops)
+    full = D.load_dataset("folder:pets", "test", root=tmp_path)
+    assert full.images.shape == (4, 3, 224, 224) and D.is_dataset_name("folder:pets")
+    assert not D.is_dataset_name("folder:") and not D.is_dataset_name("imagenet")
+
+
+def test_image_folder_errors_say_what_is_expected(tmp_path):
+    with pytest.raises(DatasetNotFoundError, match=r"no image folder at .*nowhere.*train.*<class>"):
+        D.load_dataset("folder:nowhere", root=tmp_path)
+    (tmp_path / "flat" / "train").mkdir(parents=True)
+    with pytest.raises(DatasetNotFoundError, match="has no class folders"):
+        D.load_dataset("folder:flat", root=tmp_path)
+    (tmp_path / "flat" / "train" / "empty").mkdir()
+    with pytest.raises(EmptyClassError, match="empty has no images"):
+        D.load_dataset("folder:flat", root=tmp_path)
+    _write_image_folder(tmp_path / "ok")
+    with pytest.raises(ValueError, match=r"image_size=32, resize=20"):
+        D.load_image_folder(f"folder:{tmp_path / 'ok'}", image_size=32, resize=20)
+    with pytest.raises(UnknownNameError, match="folder:PATH"):
+        D.load_dataset("pets")

@@ -48,3 +48,30 @@ def test_unknown_architecture():
         build_model("nope")
     with pytest.raises(ValueError, match="width"):
         build_model("tv:resnet18", width=0.5)
+
+
+def test_pretrained_reads_the_hub_cache_and_normalises_inside(tmp_path, monkeypatch):
+    import torchvision
+
+    from modtools.errors import UnknownNameError, WeightsNotFoundError
+    from modtools.models import IMAGENET_MEAN, IMAGENET_STD, pretrained
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.delenv("MODTOOLS_DOWNLOAD", raising=False)
+    with pytest.raises(WeightsNotFoundError, match=r"No download was attempted.*resnet18-f37072fd\.pth") as err:
+        pretrained("tv:resnet18")
+    assert str(tmp_path / "hub" / "checkpoints") in str(err.value)
+    with pytest.raises(UnknownNameError, match="available: IMAGENET1K_V1"):
+        pretrained("tv:resnet18", weights="IMAGENET9K")
+    with pytest.raises(UnknownNameError, match="no torchvision weights"):
+        pretrained("tv:not_a_model")
+    # a stand-in for the published file, where torch's hub cache keeps it
+    torch.manual_seed(0)
+    reference = torchvision.models.resnet18().eval()
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save(reference.state_dict(), tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth")
+    model = pretrained("resnet18").eval()
+    x = torch.rand(2, 3, 64, 64)
+    expected = reference((x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+    with torch.no_grad():
+        assert torch.allclose(model(x), expected, atol=1e-5)

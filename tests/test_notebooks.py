@@ -76,6 +76,16 @@ def test_failing_notebook_names_the_cell(tmp_path, monkeypatch):
                             figures_dir=tmp_path / "f")
 
 
+@pytest.mark.notebook
+def test_seam_defect_paper_profile_says_where_the_weights_go(tmp_path, monkeypatch):
+    """52's published setting reuses torchvision's ImageNet ResNet-18; without its file nothing is downloaded."""
+    monkeypatch.setenv("MODTOOLS_DOWNLOAD", "0")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    with pytest.raises(runner.NotebookFailed, match=r"WeightsNotFoundError.*resnet18-f37072fd\.pth.*No download"):
+        runner.run_notebook("52_seam_defect_inheritance", "paper", run_dir=tmp_path / "r", figures_dir=tmp_path / "f")
+    assert not list((tmp_path / "f").glob("*.png")) and not (tmp_path / "r" / "results.json").exists()
+
+
 def test_notebooks_match_their_percent_sources():
     """Each .ipynb is its paired .py (jupytext percent) without outputs; one cell is tagged parameters."""
     import jupytext

@@ -100,6 +100,13 @@ def test_values_of_other_notebooks_are_checked_too(monkeypatch):
     with pytest.raises(ParameterError, match=r"GradSplitterConfig: init='zeros' is not allowed"):
         runner.resolve_parameters("30_gradsplitter_modularize", "quick", {"init": "zeros"})
     assert runner.resolve_parameters("00_quickstart", "quick", {"per_class": None})["per_class"] is None
+    # 52: the source may be torchvision's ImageNet weights, the target a folder of images
+    got = runner.resolve_parameters("52_seam_defect_inheritance", "quick", {"source": "imagenet", "target": "folder:x"})
+    assert got["source"] == "imagenet" and got["target"] == "folder:x"
+    with pytest.raises(ParameterError, match=r"target='imagenet' is not a data set.*'folder:PATH'"):
+        runner.resolve_parameters("52_seam_defect_inheritance", "quick", {"target": "imagenet"})
+    with pytest.raises(ParameterError, match=r"source='web' is not a data set.*or 'imagenet'"):
+        runner.resolve_parameters("52_seam_defect_inheritance", "quick", {"source": "web"})
 
 
 def test_every_profile_passes_the_value_checks():

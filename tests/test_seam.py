@@ -191,3 +191,27 @@ def test_one_reengineering_run_serves_every_threshold(trained):
     assert len(history) == 3 and 1 - history[-1]["wrr"] < 0.99
     with pytest.raises(ValueError, match="threshold=1.5"):
         SD.reengineer_at_thresholds(model, train, [0.5, 1.5], cfg, device="cpu")
+
+
+def test_stacked_problems_match_one_engine_each(trained):
+    """The batched pass the benchmark times computes what K separate re-engineerings compute."""
+    model, train, _ = trained
+    scores, weight, bias = S.stacked_problems(model, 3, init_value=1.0)
+    with torch.no_grad():                                 # problem 1 loses the first conv's weights
+        first = next(iter(scores))
+        scores[first][1].fill_(-1.0)
+    x = train.float_images()[:12].view(3, 4, *train.shape)
+    logits, wrr = S.stacked_forward(model, scores, weight, bias, x)
+    assert logits.shape == (3, 4, 2) and wrr.shape == (3,)
+    for k in range(3):
+        engine = S.Reengineer(model, S.target_problem(k, train.class_names), S.SeaMConfig(), train.shape, "cpu")
+        with torch.no_grad():
+            for name, s in engine.weights.scores().items():
+                s.copy_(scores[name][k])
+            engine.head[1].weight.copy_(weight[k])
+            engine.head[1].bias.copy_(bias[k])
+            assert torch.allclose(engine.forward(x[k]), logits[k], atol=1e-5)   # no dead kernel: no gating
+            assert float(engine.retention()) == pytest.approx(float(wrr[k]))
+        engine.gating.remove()
+    (logits.sum() + wrr.sum()).backward()                 # the straight-through gradient reaches every score
+    assert all(s.grad is not None and s.grad.shape == s.shape for s in scores.values())
