@@ -40,6 +40,7 @@ from .io import atomic_write_json
 from .masks import find_maskable_layers, random_masks
 from .metrics import MAC_UNIT, count_macs, measure_latency
 from .models import build_model
+from .train import adam
 
 ZOO = ["simcnn", "rescnn", "incecnn", "vgg16", "resnet18", "resnet20", "tv:resnet18"]
 TARGET = 1.25
@@ -141,7 +142,7 @@ def bench_mwt(arch: str = "resnet20", width: float = 1.0, batch_size: int = 128,
             "cohesion_seconds": cohesion_s, "krr_at_0.9": W.krr(u)}
 
 
-def bench_seam(archs: tuple = (("resnet20", 1.0), ("vgg16", 0.5)), batch_size: int = 64, steps: int = 8,
+def bench_seam(archs: tuple = (("resnet20", 1.0), ("vgg16", 0.5)), batch_size: int = 64, steps: int = 16,
                image_size: int = 32, seed: int = 0, problems: int = 4) -> dict:
     """SeaM: seconds per re-engineering step (masked forward, CE + α·WRR, backward into the scores,
     Adam) against a plain training step of the same model (SGD on all weights), interleaved, and the
@@ -165,8 +166,8 @@ def bench_seam(archs: tuple = (("resnet20", 1.0), ("vgg16", 0.5)), batch_size: i
         problem = S.target_problem(0, [str(i) for i in range(10)])
         engine = S.Reengineer(source, problem, S.SeaMConfig(), (3, image_size, image_size), "cpu")
         opt_plain = torch.optim.SGD(plain.parameters(), lr=0.01, momentum=0.9)
-        opt_mask = torch.optim.Adam([{"params": engine.mask_params, "lr": 0.05},
-                                     {"params": engine.head.parameters(), "lr": 0.1}])
+        opt_mask = adam([{"params": engine.mask_params, "lr": 0.05},
+                         {"params": list(engine.head.parameters()), "lr": 0.1}], lr=0.05)   # as Reengineer.run
         times = {"plain": [], "reengineer": []}
         for i in range(steps + 2):
             t0 = time.perf_counter()
@@ -225,13 +226,13 @@ def _seam_problems_together(source: nn.Module, problems: int, batch_size: int, i
     y = torch.randint(0, 2, (problems, batch_size))
     engines = [S.Reengineer(source, S.target_problem(k, names), S.SeaMConfig(), (3, image_size, image_size), "cpu")
                for k in range(problems)]
-    opts = [torch.optim.Adam([{"params": e.mask_params, "lr": 0.05}, {"params": e.head.parameters(), "lr": 0.1}])
+    opts = [adam([{"params": e.mask_params, "lr": 0.05}, {"params": list(e.head.parameters()), "lr": 0.1}], lr=0.05)
             for e in engines]
     frozen = copy.deepcopy(source).eval()
     for p in frozen.parameters():
         p.requires_grad_(False)
     scores, weight, bias = S.stacked_problems(frozen, problems)
-    opt = torch.optim.Adam([{"params": list(scores.values()), "lr": 0.05}, {"params": [weight, bias], "lr": 0.1}])
+    opt = adam([{"params": list(scores.values()), "lr": 0.05}, {"params": [weight, bias], "lr": 0.1}], lr=0.05)
     times = {"sequential": [], "stacked": []}
     for i in range(steps + 2):
         t0 = time.perf_counter()

@@ -41,7 +41,7 @@ from . import data as D
 from .errors import InvalidClassError, UnknownNameError, check_classes, check_range
 from .masks import ChannelGating, WeightMasks, binarize_ste, find_maskable_layers
 from .module import Module
-from .train import predict, resolve_device, seed_everything
+from .train import adam, predict, resolve_device, seed_everything
 
 #: Named class groups of Fashion-MNIST (multi-class target problems).
 FASHION_MNIST_GROUPS = {"tops": [0, 2, 4, 6], "footwear": [5, 7, 9], "rest": [1, 3, 8]}
@@ -299,8 +299,9 @@ class Reengineer:
         return self._dead_kernels(layer, out, None)
 
     def refresh_alive(self) -> None:
+        """Which kernels are dead now; only layers with a dead kernel are gated (no multiply otherwise)."""
         if not self.cfg.kernel_level:
-            self._alive = self.weights.kernels_alive(self.layers)
+            self._alive = {k: v for k, v in self.weights.kernels_alive(self.layers).items() if not bool(v.all())}
 
     # -- rates --------------------------------------------------------------------------------
     def retention(self) -> torch.Tensor:
@@ -339,9 +340,9 @@ class Reengineer:
     def run(self, train: D.ImageDataset, val: D.ImageDataset, acc_pre: float, progress: bool = False) -> SeaMResult:
         cfg = self.cfg
         t0 = time.perf_counter()
-        opt_h = torch.optim.Adam(self.head.parameters(), lr=cfg.lr_head)
-        opt_hm = torch.optim.Adam([{"params": self.mask_params, "lr": cfg.lr_mask},
-                                   {"params": self.head.parameters(), "lr": cfg.lr_head}])
+        opt_h = adam(self.head.parameters(), lr=cfg.lr_head)
+        opt_hm = adam([{"params": self.mask_params, "lr": cfg.lr_mask},
+                       {"params": list(self.head.parameters()), "lr": cfg.lr_head}], lr=cfg.lr_mask)
         loader = D.TensorLoader(train, cfg.batch_size, shuffle=True, seed=cfg.seed, augment=cfg.augment)
         rule = SelectionRule(acc_pre - cfg.select_tolerance, cfg.early_stop)
         history, best, backup = [], None, None

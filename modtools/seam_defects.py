@@ -28,7 +28,7 @@ from . import attacks as A
 from . import data as D
 from .errors import UnsupportedModelError, check_range
 from .masks import WeightMasks
-from .train import FitConfig, fit, predict, resolve_device, seed_everything
+from .train import FitConfig, adam, fit, predict, resolve_device, seed_everything
 
 
 @dataclass
@@ -138,8 +138,8 @@ def reengineer_at_thresholds(model: nn.Module, train: D.ImageDataset, thresholds
     for p in head.parameters():
         p.requires_grad_(True)
     wm = WeightMasks(net, include=lambda name, mod: isinstance(mod, nn.Conv2d), init=cfg.init_value)
-    opt = torch.optim.Adam([{"params": wm.parameters(), "lr": cfg.lr_mask},
-                            {"params": list(head.parameters()), "lr": 0.001}])
+    opt = adam([{"params": wm.parameters(), "lr": cfg.lr_mask}, {"params": list(head.parameters()), "lr": 0.001}],
+               lr=cfg.lr_mask)
     loader = D.TensorLoader(train, cfg.batch_size, shuffle=True, seed=cfg.seed)
     history: list[dict] = []
     out: dict[float, tuple[dict[str, torch.Tensor], list[dict]]] = {}
