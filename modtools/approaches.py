@@ -207,7 +207,7 @@ def _run_mwt(req: Request, cfg) -> list[Module]:
     s = req.spec
     cfg = dataclasses.replace(cfg, arch=s.arch, width=s.width, dataset=s.dataset, per_class=s.per_class,
                               test_per_class=s.test_per_class, val_fraction=s.val_fraction)
-    gated, _ = W.train_mwt(cfg, cache=req.cache, device=req.device, progress=req.progress)
+    gated, record = W.train_mwt(cfg, cache=req.cache, device=req.device, progress=req.progress)
     from .train import spec_data
 
     data = spec_data(cfg.spec(modular=True))
@@ -215,6 +215,8 @@ def _run_mwt(req: Request, cfg) -> list[Module]:
     u, decisions = W.module_masks(stats, cfg.threshold, cfg.on_empty)
     module, _ = W.subtask_module(gated, stats, u, req.classes, data, cfg, decisions, device=req.device,
                                  progress=req.progress)
+    # what obtaining the module cost includes training the modular model, also when it came from the cache
+    module.metrics.update({"training_seconds": record["train_seconds"], "training_cached": bool(record.get("cached"))})
     return [module]
 
 

@@ -150,3 +150,39 @@ def store_figure(rows: Sequence[Mapping], title: str = "modules in the store") -
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+def comparison_figure(rows: Sequence[Mapping]) -> plt.Figure:
+    """Accuracy on the sub-task against the MACs ratio, one marker per approach, its size the seconds to
+    obtain the module; one panel per (architecture, sub-task). Rows without an accuracy are left out."""
+    rows = [r for r in rows if r.get("accuracy") is not None]
+    panels = sorted({(r["arch"], "+".join(r["class_names"])) for r in rows})
+    approaches = sorted({r["approach"] for r in rows})
+    markers = dict(zip(approaches, "osD^vP*X"))
+    colors = {a: plt.cm.tab10(i) for i, a in enumerate(approaches)}
+    ncol = min(len(panels), 2) or 1
+    nrow = -(-len(panels) // ncol) or 1
+    fig, axes = plt.subplots(nrow, ncol, figsize=(5.2 * ncol, 3.6 * nrow), squeeze=False)
+    longest = max((r["seconds_to_module"] or 0 for r in rows), default=1) or 1
+    for ax, (arch, task) in zip(axes.flat, panels):
+        for r in (r for r in rows if r["arch"] == arch and "+".join(r["class_names"]) == task):
+            size = 30 + 400 * (r["seconds_to_module"] or 0) / longest
+            ax.scatter(r["macs_ratio"], r["accuracy"], s=size, marker=markers[r["approach"]],
+                       color=colors[r["approach"]], alpha=0.75, edgecolor="k", linewidth=0.5)
+            ax.annotate(f"{r['seconds_to_module']:.0f} s", (r["macs_ratio"], r["accuracy"]), fontsize=6,
+                        xytext=(4, -9), textcoords="offset points")
+        std = [r["accuracy_standard"] for r in rows if r["arch"] == arch and "+".join(r["class_names"]) == task]
+        if std:
+            ax.axhline(std[0], color="grey", ls="--", lw=0.8)
+            ax.scatter([1.0], [std[0]], marker="|", s=200, color="grey")
+        ax.set_title(f"{arch}: {task}", fontsize=9)
+        ax.set_xlabel("MACs, module / model")
+        ax.set_ylabel("accuracy on the sub-task")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    handles = [plt.Line2D([], [], marker=markers[a], color=colors[a], ls="", markeredgecolor="k") for a in approaches]
+    fig.legend(handles + [plt.Line2D([], [], color="grey", ls="--")], approaches + ["standard model"],
+               loc="upper center", ncol=len(approaches) + 1, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    return fig

@@ -134,6 +134,15 @@ PROFILE_VALUES.update({
                   "simple_lr": 0.01, "overfit_epochs": 200, "underfit_epochs": 20, "weak_lr": 0.01, "gs_search_per_class": None, "gs_cycle_epochs": 140,
                   "gs_init_value": 1.0, "gs_lr_mask": 0.001, "gs_alpha": 0.1},
     },
+    "60_compare_approaches": {
+        "smoke": {**_SMOKE_DATA, "archs": ["simcnn", "rescnn"], "width": 0.125, "epochs": 3,
+                  "tasks": [[1], [0, 1, 2]], "search_per_class": None, "val_per_class": None, "latency_repeats": 2,
+                  "approach_params": {"baseline": {"keep_fraction": 0.75}, "gradsplitter": {"val_per_class": 10}}},
+        "quick": {},
+        "paper": {"dataset": "cifar10", "width": 1.0, "per_class": None, "test_per_class": None, "epochs": 200,
+                  "lr": 0.01, "schedule": "step", "milestones": [60, 120], "augment": True, "search_per_class": None,
+                  "val_per_class": None, "quick_settings": False, "approach_params": {}},   # each approach as published
+    },
     "90_module_foundry": {
         "smoke": {"demo": True, "poll": 0.2},
         "quick": {},
@@ -157,6 +166,7 @@ NOTEBOOK_CONFIGS: dict[str, list[str]] = {
     "50_seam_binary": ["modtools.seam:SeaMConfig"],
     "51_seam_multiclass": ["modtools.seam:SeaMConfig"],
     "52_seam_defect_inheritance": ["modtools.seam_defects:DefectConfig"],
+    "60_compare_approaches": ["modtools.train:FitConfig", "modtools.compare:CompareConfig"],
 }
 
 #: Parameters holding class ids: name → the data set parameter they index (a pair of data set
@@ -167,6 +177,7 @@ CLASS_PARAMETERS: dict[str, dict] = {
     "32_gradsplitter_new_task": {"tasks": ("source_a", "source_b")},
     "42_mwt_subtask_reuse": {"subtasks": "dataset"},
     "50_seam_binary": {"target_classes": "dataset"},
+    "60_compare_approaches": {"tasks": "dataset"},
 }
 
 

@@ -50,6 +50,8 @@ FIGURE_NOTES: dict[str, str] = {
     "51_seam_multiclass_groups_kernel_level": "the same with one score per kernel (structured savings)",
     "52_seam_defect_inheritance_defects": "adversarial defects a fine-tuned model inherits from its source: "
                                           "fine-tuning the whole model against fine-tuning the re-engineered one",
+    "60_compare_approaches_accuracy_vs_macs": "every approach on one plain and one residual model, for a class and a "
+                                              "group: sub-task accuracy against MACs, marker size the seconds to obtain the module",
     "90_module_foundry_store": "the module store after the main job: accuracy against MACs of every module, by approach",
     "bench_gradsplitter": "GradSplitter's benchmark (make bench): head-phase caching and the fast schedule",
     "bench_extract": "extraction's benchmark (make bench): latency ratio against MAC ratio",

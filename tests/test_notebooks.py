@@ -60,6 +60,16 @@ def test_notebook_smoke(tmp_path, name, monkeypatch):
     if name in STORE_NOTEBOOKS:   # the modules also went into the store next to run_dir, with their accuracy
         entries = ModuleStore(tmp_path / "runs" / "store").entries()
         assert entries and all(e.accuracy is not None for e in entries), name
+    if name == "60_compare_approaches":   # a row per (architecture, sub-task, approach), every approach there
+        rows = results["rows"]
+        assert {r["approach"] for r in rows} == {"baseline", "cnnsplitter", "gradsplitter", "mwt", "seam"}
+        assert len(rows) == len(results["parameters"]["archs"]) * len(results["tasks"]) * 5
+        keys = {"approach", "arch", "classes", "accuracy", "accuracy_loss", "retention", "macs_ratio",
+                "latency_ratio", "seconds_to_module"}
+        assert all(keys <= set(r) for r in rows)
+        measured = [r for r in rows if r["accuracy"] is not None]
+        assert all(r["macs_ratio"] > 0 and r["seconds_to_module"] >= 0 and 0 <= r["accuracy"] <= 1 for r in measured)
+        assert all(r["approach"] == "mwt" and len(r["classes"]) == 1 for r in rows if r["accuracy"] is None)
     if name == "90_module_foundry":
         assert results["modules"] >= 2 and all(j["status"] == "done" for j in results["jobs"])
         assert set(results["approaches"]) >= {"baseline", "gradsplitter", "cnnsplitter", "seam", "mwt"}

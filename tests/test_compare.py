@@ -1,0 +1,62 @@
+"""The comparison's configuration checks, its per-task selection and the side-by-side composition."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+from modtools import compare as C
+from modtools import data as D
+from modtools.train import SpecData
+
+
+def test_config_rejects_unknown_approaches_and_bad_settings_before_any_run():
+    with pytest.raises(Exception, match="unknown approach"):
+        C.CompareConfig(approaches=["baseline", "magic"])
+    with pytest.raises(ValueError, match=r"approach_params for unknown approaches \['magic'\]"):
+        C.CompareConfig(approach_params={"magic": {}})
+    with pytest.raises(ValueError, match=r"approach_params\['seam'\]\['val_per_class'\]=0; allowed: an integer >= 1"):
+        C.CompareConfig(approach_params={"seam": {"val_per_class": 0}})
+    with pytest.raises(Exception, match="keep_fraction"):
+        C.CompareConfig(approach_params={"baseline": {"keep_fraction": 7.0}})
+    cfg = C.CompareConfig(approach_params={"cnnsplitter": {"val_per_class": 5}})   # a data cap is not a config field
+    assert cfg.approach_params["cnnsplitter"] == {"val_per_class": 5}
+
+
+def test_search_data_caps_train_and_validation_only():
+    ds = D.synthetic(4, 30, 8, 1, seed=0)
+    test = D.synthetic(4, 10, 8, 1, seed=0, split="test")
+    capped = C.search_data(SpecData(ds, ds, test), 5, 2, seed=0)
+    assert capped.train.class_counts() == [5] * 4 and capped.val.class_counts() == [2] * 4
+    assert capped.test is test
+    assert C.search_data(SpecData(ds, ds, test), None, None).train.class_counts() == ds.class_counts()
+
+
+def test_best_by_picks_per_model_and_task_ignoring_missing_values():
+    rows = [{"arch": "a", "classes": [1], "approach": "x", "macs_ratio": 0.5},
+            {"arch": "a", "classes": [1], "approach": "y", "macs_ratio": 0.3},
+            {"arch": "a", "classes": [1], "approach": "z", "macs_ratio": None},
+            {"arch": "b", "classes": [0, 1], "approach": "x", "macs_ratio": 0.9}]
+    assert C.best_by(rows, "macs_ratio") == {("a", (1,)): "y", ("b", (0, 1)): "x"}
+    assert C.best_by(rows, "macs_ratio", lower=False)[("a", (1,))] == "x"
+
+
+def test_side_by_side_takes_each_module_first_score():
+    class Fixed(nn.Module):
+        def __init__(self, v):
+            super().__init__()
+            self.v = v
+
+        def forward(self, x):
+            return torch.full((len(x), 2), float(self.v))
+
+    class Part:
+        def __init__(self, v):
+            self.v = v
+
+        def as_model(self):
+            return Fixed(self.v)
+
+    net = C.SideBySide([Part(1), Part(3), Part(2)])
+    out = net(torch.zeros(4, 1, 2, 2))
+    assert out.shape == (4, 3) and out.argmax(1).tolist() == [1, 1, 1, 1]
