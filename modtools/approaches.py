@@ -176,8 +176,11 @@ def _run_baseline(req: Request, cfg) -> list[Module]:
 def _run_gradsplitter(req: Request, cfg) -> list[Module]:
     from . import gradsplitter as G
 
-    result = G.decompose(req.model, req.data.train, req.data.val, cfg, device=req.device, progress=req.progress)
-    return [G.to_module(req.model.cpu(), result, c, req.data.train) for c in req.classes]
+    result = G.decompose(req.model, req.data.train, req.data.val, cfg, device=req.device, progress=req.progress,
+                         cache=req.cache)
+    # a search found in the cache still cost its seconds once: the modules say so (cached_seconds)
+    cached = {"search_seconds": result.seconds, "cached_seconds": result.seconds if result.from_cache else 0.0}
+    return [G.to_module(req.model.cpu(), result, c, req.data.train, metrics=cached) for c in req.classes]
 
 
 def _run_cnnsplitter(req: Request, cfg) -> list[Module]:
@@ -216,7 +219,8 @@ def _run_mwt(req: Request, cfg) -> list[Module]:
     module, _ = W.subtask_module(gated, stats, u, req.classes, data, cfg, decisions, device=req.device,
                                  progress=req.progress)
     # what obtaining the module cost includes training the modular model, also when it came from the cache
-    module.metrics.update({"training_seconds": record["train_seconds"], "training_cached": bool(record.get("cached"))})
+    module.metrics.update({"training_seconds": record["train_seconds"],
+                           "cached_seconds": record["train_seconds"] if record.get("cached") else 0.0})
     return [module]
 
 

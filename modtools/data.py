@@ -101,6 +101,17 @@ class ImageDataset:
     def float_images(self) -> torch.Tensor:
         return self.images.float().div_(255)
 
+    def fingerprint(self) -> str:
+        """SHA-256 of the images, labels and class names: equal for equal data, whatever its origin."""
+        import hashlib
+
+        h = hashlib.sha256("|".join(self.class_names).encode())
+        for t in (self.images, self.labels):
+            t = t.contiguous()
+            h.update(f"{tuple(t.shape)}|{t.dtype}|".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()
+
 
 # --------------------------------------------------------------------------------------------
 # Loading by name

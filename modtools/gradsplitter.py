@@ -33,8 +33,10 @@ What the toolkit does differently from the original code, all of it recorded in 
 from __future__ import annotations
 
 import copy
+import os
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -42,7 +44,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import data as D
-from .errors import check_classes, check_range
+from .errors import CheckpointError, check_classes, check_range
+from .io import atomic_write_json, config_hash, load_tensors, read_json, save_tensors, state_hash
 from .masks import MaskableLayer, batched_forward, binarize_ste, channels_last_on_cpu, find_maskable_layers
 from .metrics import classification_report
 from .module import Module
@@ -166,6 +169,7 @@ class SplitResult:
     selected_epochs: list[int] = field(default_factory=list)   # per module (all equal with select="composed")
     val_accuracy: float | None = None                           # composed validation accuracy of the result
     refit: dict = field(default_factory=dict)                   # what the head re-fit did
+    from_cache: bool = False                                    # loaded from decompose's cache, not searched now
 
     def module_masks(self, i: int) -> dict[str, torch.Tensor]:
         return {k: v[i].float() for k, v in self.masks.items()}
@@ -427,17 +431,60 @@ def select_per_module(val_scores: torch.Tensor, krr: torch.Tensor, labels: torch
 
 
 def decompose(model: nn.Module, train: D.ImageDataset, val: D.ImageDataset, cfg: GradSplitterConfig | None = None,
-              device: str = "auto", progress: bool = False) -> SplitResult:
-    """Run GradSplitter on a trained model; ``train``/``val`` are over the model's classes."""
+              device: str = "auto", progress: bool = False, cache: str | os.PathLike | None = None) -> SplitResult:
+    """Run GradSplitter on a trained model; ``train``/``val`` are over the model's classes.
+
+    With ``cache`` (a folder, e.g. the model cache), a finished search is stored under
+    ``cache/gradsplitter/<key>`` and returned again, marked ``from_cache``, by any later call with the
+    same model weights, search data, settings (the ``schedule`` label aside) and device type: notebooks
+    that search the same model the same way share one search. Its ``seconds`` are the search's own."""
     cfg = cfg or GradSplitterConfig()
     dev = resolve_device(device)
+    folder = None
+    if cache is not None:
+        folder = search_cache_folder(cache, model, train, val, cfg, dev)
+        if (folder / "result.json").is_file():
+            try:
+                return _load_result(folder)
+            except (CheckpointError, KeyError, ValueError):
+                pass                                    # unreadable: search again and overwrite it
     with channels_last_on_cpu(model, dev):
         splitter = GradSplitter(model, train.num_classes, cfg, train.shape, dev)
         try:
-            return splitter.run(train, val, progress)
+            result = splitter.run(train, val, progress)
         finally:
             for p in model.parameters():
                 p.requires_grad_(True)
+    if folder is not None:
+        _save_result(folder, result)
+    return result
+
+
+def search_cache_folder(cache: str | os.PathLike, model: nn.Module, train: D.ImageDataset, val: D.ImageDataset,
+                        cfg: GradSplitterConfig, device: torch.device) -> Path:
+    """Where :func:`decompose` keeps the search of ``model`` on ``train``/``val`` with ``cfg``."""
+    settings = {k: v for k, v in asdict(cfg).items() if k != "schedule"}
+    key = config_hash({"settings": settings, "model": state_hash(model), "train": train.fingerprint(),
+                       "val": val.fingerprint(), "device": torch.device(device).type}, 16)
+    return Path(cache) / "gradsplitter" / key
+
+
+def _save_result(folder: Path, result: SplitResult) -> None:
+    tensors = {f"masks/{k}": v.to(torch.uint8) for k, v in result.masks.items()}
+    tensors.update({f"heads/{k}": v for k, v in result.heads.items()})
+    folder.mkdir(parents=True, exist_ok=True)
+    sha = save_tensors(folder / "result.safetensors", tensors)
+    meta = {k: v for k, v in asdict(result).items() if k not in ("masks", "heads")}
+    atomic_write_json(folder / "result.json", {**meta, "masks": list(result.masks), "heads": list(result.heads),
+                                               "sha256": sha})           # written last: the search is complete
+
+
+def _load_result(folder: Path) -> SplitResult:
+    meta = read_json(folder / "result.json")
+    tensors = load_tensors(folder / "result.safetensors", expected_sha256=meta.pop("sha256"))
+    masks = {k: tensors[f"masks/{k}"].bool() for k in meta.pop("masks")}
+    heads = {k: tensors[f"heads/{k}"] for k in meta.pop("heads")}
+    return SplitResult(masks=masks, heads=heads, **{**meta, "from_cache": True})
 
 
 # --------------------------------------------------------------------------------------------

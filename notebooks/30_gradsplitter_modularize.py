@@ -103,7 +103,9 @@ cfg = config_from(G.GradSplitterConfig, params, schedule=profile)
 # ## Search the masks (all modules in one batched pass)
 
 # %%
-result = G.decompose(model, search_train, search_val, cfg, device=device, progress=True)
+# the search is cached with the model: 60_compare_approaches searches this model the same way and reuses it
+result = G.decompose(model, search_train, search_val, cfg, device=device, progress=True,
+                     cache=Path(run_dir).parent / "models")
 print(f"{len(result.history)} epochs in {result.seconds:.0f} s; published rule's epoch {result.selected_epoch}, "
       f"each module's epoch {result.selected_epochs}, composed validation accuracy {result.val_accuracy:.3f} "
       f"(model {result.model_val_accuracy:.3f})")

@@ -172,3 +172,27 @@ def test_per_module_selection_and_head_refit_in_a_search(tiny_data):
     assert 0 <= report["krr_mean"] <= 1
     with pytest.raises(ValueError, match="select='best'"):
         G.GradSplitterConfig(select="best")
+
+
+def test_cached_search_is_returned_again_only_for_the_same_model_data_and_settings(tiny_data, tmp_path):
+    train, test = tiny_data
+    model = tiny_model("resnet20", in_channels=1, num_classes=4)
+    cfg = G.GradSplitterConfig(first_head_epochs=1, cycle_epochs=2, cycle_mask=1, cycle_head=1, init="value",
+                               init_value=0.02, lr_mask=0.05, batch_size=32)
+    val, _ = D.train_val_split(test, 0.5, seed=0)
+    first = G.decompose(model, train, val, cfg, device="cpu", cache=tmp_path)
+    again = G.decompose(model, train, val, G.GradSplitterConfig(**{**cfg.__dict__, "schedule": "quick"}),
+                        device="cpu", cache=tmp_path)   # the schedule label is not part of the key
+    assert not first.from_cache and again.from_cache and again.seconds == first.seconds
+    assert all(torch.equal(first.masks[k], again.masks[k]) and again.masks[k].dtype == torch.bool for k in first.masks)
+    assert all(torch.equal(first.heads[k], again.heads[k]) for k in first.heads)
+    assert again.history == first.history and again.selected_epochs == first.selected_epochs
+    assert len(list((tmp_path / "gradsplitter").iterdir())) == 1
+    # other settings, other data or other weights: a new search
+    assert not G.decompose(model, train, val, G.GradSplitterConfig(**{**cfg.__dict__, "alpha": 0.3}), device="cpu",
+                           cache=tmp_path).from_cache
+    assert not G.decompose(model, train.take(range(len(train) - 1)), val, cfg, device="cpu", cache=tmp_path).from_cache
+    folder = G.search_cache_folder(tmp_path, model, train, val, cfg, torch.device("cpu"))
+    (folder / "result.safetensors").write_bytes(b"broken")      # a damaged entry is searched again and replaced
+    redone = G.decompose(model, train, val, cfg, device="cpu", cache=tmp_path)
+    assert not redone.from_cache and G.decompose(model, train, val, cfg, device="cpu", cache=tmp_path).from_cache
