@@ -177,11 +177,7 @@ def bench_seam(archs: tuple = (("resnet20", 1.0), ("vgg16", 0.5)), batch_size: i
             loss.backward()
             opt_plain.step()
             t1 = time.perf_counter()
-            engine.refresh_alive()
-            loss = F.cross_entropy(engine.forward(x), yb) + engine.retention()
-            opt_mask.zero_grad(set_to_none=True)
-            loss.backward()
-            opt_mask.step()
+            _reengineer_step(engine, opt_mask, x, yb)
             t2 = time.perf_counter()
             if i >= 2:
                 times["plain"].append(t1 - t0)
@@ -207,6 +203,17 @@ def bench_seam(archs: tuple = (("resnet20", 1.0), ("vgg16", 0.5)), batch_size: i
               f"{together['ratio']:.2f}x the sequential steps, keep {together['keep']}", flush=True)
     return {"benchmark": "seam", "batch_size": batch_size, "threads": torch.get_num_threads(), "target_step_ratio": 1.0,
             "device": "cpu", "rows": rows, "unit": MAC_UNIT}
+
+
+def _reengineer_step(engine, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> None:
+    """One joint (masks + head) step of a SeaM :class:`~modtools.seam.Reengineer`, as its run does it (α = 1)."""
+    import torch.nn.functional as F
+
+    engine.refresh_alive()
+    loss = F.cross_entropy(engine.forward(x), y) + engine.retention()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
 
 
 def _seam_problems_together(source: nn.Module, problems: int, batch_size: int, image_size: int, steps: int) -> dict:
@@ -237,11 +244,7 @@ def _seam_problems_together(source: nn.Module, problems: int, batch_size: int, i
     for i in range(steps + 2):
         t0 = time.perf_counter()
         for k, (engine, o) in enumerate(zip(engines, opts)):
-            engine.refresh_alive()
-            loss = F.cross_entropy(engine.forward(x[k]), y[k]) + engine.retention()
-            o.zero_grad(set_to_none=True)
-            loss.backward()
-            o.step()
+            _reengineer_step(engine, o, x[k], y[k])
         t1 = time.perf_counter()
         logits, wrr = S.stacked_forward(frozen, scores, weight, bias, x)
         loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum") / batch_size + wrr.sum()

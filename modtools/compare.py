@@ -11,7 +11,9 @@ Approaches that give one module per class (GradSplitter, CNNSplitter) serve a gr
 modules of the group's classes side by side (the argmax of their scores), so their MACs and
 latency are the sum of those modules'. ``seconds_to_module`` is the wall time of the approach's
 run on the trained model, and, for MwT, training its own modular model too (same architecture,
-data and epochs). MwT reuses modules for groups of two or more classes; its one-class rows say so.
+data and epochs); work found in a cache (that model, or a GradSplitter search another notebook
+ran the same way) is counted at its original cost. MwT reuses modules for groups of two or more
+classes; its one-class rows say so.
 """
 from __future__ import annotations
 
