@@ -64,6 +64,7 @@ class Approach:
     quick: Mapping[str, Any] = field(default_factory=dict)   # settings for a run of about a minute on a CPU
     min_classes: int = 1
     per_class: bool = False                     # one module per target class (else one for the class set)
+    own_model: bool = False                     # trains its own model with the chosen model's recipe (MwT)
 
 
 _REGISTRY: dict[str, Approach] = {}
@@ -272,7 +273,8 @@ def _register_builtin() -> None:
                 "seed"),
         bounds={"epochs": (1, 10000), "alpha": (0.0, 100.0), "beta": (0.0, 100.0), "lr": (1e-6, 10.0),
                 "batch_size": (1, 4096), "threshold": (0.01, 1.0), "finetune_epochs": (0, 1000)},
-        choices={"on_empty": tuple(ON_EMPTY)}, quick={"epochs": 2, "finetune_epochs": 1}, min_classes=2))
+        choices={"on_empty": tuple(ON_EMPTY)}, quick={"epochs": 2, "finetune_epochs": 1}, min_classes=2,
+        own_model=True))
 
 
 _register_builtin()

@@ -105,17 +105,17 @@ def compare_row(approach: str, arch: str, model: nn.Module, data: SpecData, clas
                 "note": f"{a.title} reuses modules for groups of {a.min_classes} or more classes"}
     params = {**(a.quick if cfg.quick_settings else {}), **cfg.approach_params.get(approach, {})}
     caps = {k: params.pop(k) for k in DATA_CAPS if k in params}
-    if approach == "mwt" and spec is not None and "epochs" not in cfg.approach_params.get(approach, {}):
+    if a.own_model and spec is not None and "epochs" not in cfg.approach_params.get(approach, {}):
         params["epochs"] = spec.fit.epochs          # the same training budget as the standard model
     conf = make_config(approach, params)
-    sdata = search_data(data, caps.get("search_per_class", cfg.search_per_class),
-                        caps.get("val_per_class", cfg.val_per_class), cfg.seed)
     model = model.eval()
     key = (approach, arch)
     if a.per_class and memo is not None and key in memo:
         every, seconds = memo[key]
     else:
         t0 = time.perf_counter()
+        sdata = search_data(data, caps.get("search_per_class", cfg.search_per_class),
+                            caps.get("val_per_class", cfg.val_per_class), cfg.seed)
         wanted = list(range(data.train.num_classes)) if a.per_class else classes
         every = a.run(Request(model, sdata, wanted, spec, cache, device, progress=False), conf)
         seconds = time.perf_counter() - t0

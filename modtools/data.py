@@ -122,7 +122,8 @@ def data_root(root: str | os.PathLike | None = None) -> Path:
     return Path(root or os.environ.get("MODTOOLS_DATA") or "data")
 
 
-def _downloads_allowed(download: bool | None) -> bool:
+def downloads_allowed(download: bool | None = None) -> bool:
+    """``download`` when given, else whether ``MODTOOLS_DOWNLOAD`` is set to 1/true/yes."""
     if download is not None:
         return bool(download)
     return os.environ.get("MODTOOLS_DOWNLOAD", "0").lower() in ("1", "true", "yes")
@@ -335,7 +336,7 @@ def load_dataset(name: str = "fashion-mnist", split: str = "train", root: str | 
     if name.startswith(FOLDER_PREFIX):
         return load_image_folder(name, split, root)
     root_path = data_root(root)
-    allowed = _downloads_allowed(download)
+    allowed = downloads_allowed(download)
     if name == "fashion-mnist":
         return _fashion_mnist(split, root_path, allowed)
     if name == "digits":

@@ -446,8 +446,8 @@ def decompose(model: nn.Module, train: D.ImageDataset, val: D.ImageDataset, cfg:
         if (folder / "result.json").is_file():
             try:
                 return _load_result(folder)
-            except (CheckpointError, KeyError, ValueError):
-                pass                                    # unreadable: search again and overwrite it
+            except (CheckpointError, KeyError, TypeError, ValueError):
+                pass                            # unreadable or from older code: search again, overwrite it
     with channels_last_on_cpu(model, dev):
         splitter = GradSplitter(model, train.num_classes, cfg, train.shape, dev)
         try:

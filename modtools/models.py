@@ -317,6 +317,7 @@ def pretrained(name: str, weights: str = "IMAGENET1K_V1", download: bool | None 
     import torchvision
     from torch.hub import get_dir
 
+    from .data import downloads_allowed
     from .errors import WeightsNotFoundError
 
     tv_name = name[3:] if name.startswith("tv:") else name
@@ -330,9 +331,7 @@ def pretrained(name: str, weights: str = "IMAGENET1K_V1", download: bool | None 
         raise UnknownNameError(f"unknown weights {weights!r} for {tv_name}; available: "
                                f"{', '.join(w.name for w in enum)}") from None
     path = Path(get_dir()) / "checkpoints" / os.path.basename(chosen.url)
-    allowed = download if download is not None else os.environ.get("MODTOOLS_DOWNLOAD", "0").lower() in (
-        "1", "true", "yes")
-    if not path.is_file() and not allowed:
+    if not path.is_file() and not downloads_allowed(download):
         raise WeightsNotFoundError(
             f"the {chosen} weights of {tv_name} are not at {path}. No download was attempted. Put the file "
             f"{chosen.url} there (or set TORCH_HOME to a folder whose hub/checkpoints has it), or allow a "

@@ -269,8 +269,7 @@ class Reengineer:
         with torch.no_grad():
             self.num_classes = int(self.model(example).shape[1])
         self.layers = find_maskable_layers(self.model, example)
-        self.totals = {n: p.numel() for n, p in self.model.named_parameters()
-                       if n.endswith((".weight", ".bias")) and isinstance(self._owner(n), (nn.Conv2d, nn.Linear))}
+        self.totals = {n: p.numel() for n, p in _maskable_parameters(self.model).items()}
         k = 2 if problem.kind == "binary" else len(problem.classes)
         self.head = nn.Sequential(nn.ReLU(), nn.Linear(self.num_classes, k)).to(self.device)
         if cfg.kernel_level:
@@ -284,9 +283,6 @@ class Reengineer:
             self.mask_params = self.weights.parameters()
             self.gating = ChannelGating(self.model, self.layers, self._dead_kernels, follow=self._dead_follow)
         self._alive: dict[str, torch.Tensor] = {}
-
-    def _owner(self, pname: str) -> nn.Module:
-        return self.model.get_submodule(pname.rsplit(".", 1)[0])
 
     # -- dead kernels contribute 0 after their BN (so that extraction removes them exactly) --------
     def _dead_kernels(self, layer, out, x_in):
