@@ -44,7 +44,7 @@ import torch.nn as nn
 from . import data as D
 from .baseline import kernel_importance
 from .cnnsplitter_fitness import cooperative_fitness, pairwise_jaccard
-from .errors import CheckpointError, check_classes, check_range
+from .errors import CheckpointError, MaskShapeError, check_classes, check_range
 from .extract import extract
 from .io import atomic_write_json, config_hash, load_tensors, read_json, save_tensors
 from .layers import find_maskable_layers, pruning_group
@@ -241,6 +241,8 @@ class Evaluator:
         self.evaluated = 0
         self.hits = 0
         self.mode = cfg.eval_mode
+        self.unshared: set[str] = set()   # layers a skip connection goes around (no shared prefix there)
+        self._order: dict[str, int] | None = None
 
     @torch.no_grad()
     def masked(self, c: int, masks: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -265,6 +267,23 @@ class Evaluator:
             net.to(self.device)
             rows.append(torch.cat([net(self.x[s:s + 256])[:, c] for s in range(0, len(self.x), 256)]).cpu())
         return torch.stack(rows)
+
+    def execution_order(self) -> dict[str, int]:
+        """Each layer's position in the forward pass (found once, on one input)."""
+        if self._order is None:
+            seen: list[str] = []
+            handles = [layer.conv.register_forward_pre_hook(lambda m, i, name=layer.name: seen.append(name))
+                       for layer in self.layers]
+            try:
+                with torch.no_grad():
+                    self.model(self.x[:1])
+            finally:
+                for h in handles:
+                    h.remove()
+            self._order = {name: i for i, name in enumerate(dict.fromkeys(seen))}
+            for layer in self.layers:                      # a layer the pass did not reach goes last
+                self._order.setdefault(layer.name, len(self._order))
+        return self._order
 
     def calibrate(self, c: int, masks: dict[str, torch.Tensor]) -> dict:
         """Time both ways on two candidates and keep the faster one (when ``eval_mode="auto"``)."""
@@ -305,27 +324,50 @@ def composed_accuracy(own_logits: torch.Tensor, labels: torch.Tensor) -> float:
 @torch.no_grad()
 def layer_sensitivity(model: nn.Module, layers, enc: Encoding, evaluator: Evaluator, grid: Sequence[float]) -> dict:
     """Per segment and ratio: the composed validation accuracy when only that segment is pruned, all N
-    modules in one batched pass (module c keeps the top ratio of the segment by class-c importance)."""
+    modules in one batched pass (module c keeps the top ratio of the segment by class-c importance).
+
+    Only the segment is masked, so the network before it is the same for all N modules: it runs
+    once, and the activations are repeated N times at the segment (where the network allows it)."""
     n = enc.membership[0].shape[0]
-    full = {layer.name: torch.ones(n, layer.out_channels) for layer in layers}
-    base = composed_accuracy(_own(evaluator, full, n), evaluator.labels)
+    base = composed_accuracy(_own(evaluator, {}, n), evaluator.labels)   # no mask: the model's own logits
+    order_of = evaluator.execution_order()
     curves = {}
     for seg, order in zip(enc.segments, enc.order):
         accs = []
+        first = min(seg["layers"], key=order_of.__getitem__)
         for r in grid:
             keep = max(1, int(math.floor(r * seg["kernels"])))
             m = torch.zeros(n, seg["kernels"])
             m.scatter_(1, order[:, :keep], 1.0)
-            masks = {**full, **{name: m for name in seg["layers"]}}
-            accs.append(composed_accuracy(_own(evaluator, masks, n), evaluator.labels))
+            accs.append(composed_accuracy(_own(evaluator, {name: m for name in seg["layers"]}, n, expand_at=first),
+                                          evaluator.labels))
         curves[seg["name"]] = accs
     return {"grid": list(grid), "unpruned": base, "curves": curves}
 
 
-def _own(evaluator: Evaluator, masks: dict[str, torch.Tensor], n: int) -> torch.Tensor:
+def _own(evaluator: Evaluator, masks: dict[str, torch.Tensor], n: int, expand_at: str | None = None) -> torch.Tensor:
+    """Module c's class-c logit for the N masked copies: ``N × V``. With ``expand_at``, the network
+    before that layer runs once (falls back to repeating at the first layer where a skip connection
+    goes around it)."""
     x = evaluator.x
-    parts = [batched_forward(evaluator.model, x[s:s + 256], {k: v.to(x.device) for k, v in masks.items()},
-                             evaluator.layers, share_first=True) for s in range(0, len(x), 256)]
+    masks = {k: v.to(x.device) for k, v in masks.items()}
+    if not masks:
+        with torch.no_grad():
+            logits = torch.cat([evaluator.model(x[s:s + 256]) for s in range(0, len(x), 256)]).cpu()   # V × N
+        return logits.T.contiguous()
+    if expand_at is not None and expand_at not in evaluator.unshared:
+        try:
+            with torch.no_grad():
+                parts = [batched_forward(evaluator.model, x[s:s + 256], masks, evaluator.layers, expand_at=expand_at)
+                         for s in range(0, len(x), 256)]
+        except (RuntimeError, MaskShapeError):
+            evaluator.unshared.add(expand_at)   # a path goes around this layer: repeat at the first one
+        else:
+            logits = torch.cat(parts, dim=1).cpu()
+            return logits[torch.arange(n), :, torch.arange(n)]
+    with torch.no_grad():
+        parts = [batched_forward(evaluator.model, x[s:s + 256], masks, evaluator.layers, share_first=True)
+                 for s in range(0, len(x), 256)]
     logits = torch.cat(parts, dim=1).cpu()                      # N × V × N
     return logits[torch.arange(n), :, torch.arange(n)]          # module c's class-c logit: N × V
 

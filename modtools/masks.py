@@ -279,16 +279,19 @@ def bypassable_layers(model: nn.Module, layers: list[MaskableLayer], input_shape
 
 def batched_forward(model: nn.Module, x: torch.Tensor, masks: Mapping[str, torch.Tensor],
                     layers: list[MaskableLayer] | None = None, binary: bool = True,
-                    share_first: bool = False) -> torch.Tensor:
+                    share_first: bool = False, expand_at: str | None = None) -> torch.Tensor:
     """Run N masked copies of ``model`` on ``x`` in one pass; returns ``N × B × outputs``.
 
     With ``share_first``, the first maskable layer runs once on ``x`` and its output is repeated
     N times before its mask (valid when every path from the input goes through that layer, as in
     the zoo and torchvision CNNs; otherwise shapes disagree and PyTorch raises).
+    ``expand_at`` names another layer to repeat at: everything before it runs once. It is valid
+    when every masked layer runs after it and every path from the input goes through it (a plain
+    network); a skip connection around it makes the shapes disagree, and PyTorch raises.
     """
     layers = layers if layers is not None else find_maskable_layers(model)
-    if share_first:
-        stacked = StackedMasks(layers, masks, binary=binary, expand_at=layers[0].name)
+    if expand_at is not None or share_first:
+        stacked = StackedMasks(layers, masks, binary=binary, expand_at=expand_at or layers[0].name)
         xn = x
     else:
         stacked = StackedMasks(layers, masks, binary=binary)

@@ -74,6 +74,31 @@ def test_masked_candidates_equal_rebuilt_modules(arch, tiny_data):
     torch.testing.assert_close(ev.masked(2, masks), ev.rebuilt(2, masks), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("arch", ["simcnn", "resnet20", "incecnn"])
+def test_sensitivity_with_a_shared_prefix_equals_masking_every_copy(arch, tiny_data):
+    """Pruning one segment, the network before it runs once; the curves equal masking all N copies
+    from the input (plain, residual and inception paths: a skip around the segment falls back)."""
+    train, _ = tiny_data
+    model = tiny_model(arch, in_channels=1, num_classes=4).eval()
+    cfg = C.CNNSplitterConfig(**SMALL)
+    layers = find_maskable_layers(model, torch.zeros(1, 1, 16, 16))
+    enc = C.build_encoding(kernel_importance(model, train, layers, device="cpu"), C.coupled_segments(model, layers), cfg)
+    ev = C.Evaluator(model, layers, train.take(range(40)), cfg, "cpu")
+    n = 4
+    for seg, order in zip(enc.segments, enc.order):
+        m = torch.zeros(n, seg["kernels"])
+        m.scatter_(1, order[:, :max(1, seg["kernels"] // 2)], 1.0)
+        masks = {name: m for name in seg["layers"]}
+        full = {layer.name: masks.get(layer.name, torch.ones(n, layer.out_channels)) for layer in layers}
+        first = min(seg["layers"], key=ev.execution_order().__getitem__)
+        torch.testing.assert_close(C._own(ev, masks, n, expand_at=first), C._own(ev, full, n), atol=1e-5, rtol=1e-5)
+    assert list(ev.execution_order()) [:1] == [layers[0].name]
+    if arch == "simcnn":
+        assert not ev.unshared, "a plain network shares the prefix at every segment"
+    sens = C.layer_sensitivity(model, layers, enc, ev, [0.5, 1.0])
+    assert all(curve[-1] == pytest.approx(sens["unpruned"]) for curve in sens["curves"].values())
+
+
 def test_evaluator_never_evaluates_a_chromosome_twice(tiny_data):
     train, _ = tiny_data
     model = tiny_model("simcnn", in_channels=1, num_classes=4)
