@@ -48,7 +48,7 @@ from .errors import CheckpointError, MaskShapeError, check_classes, check_range
 from .extract import extract
 from .io import atomic_write_json, config_hash, load_tensors, read_json, save_tensors
 from .layers import find_maskable_layers, pruning_group
-from .masks import batched_forward
+from .masks import batched_forward, channels_last_on_cpu
 from .module import Module
 from .train import resolve_device, seed_everything
 
@@ -249,22 +249,26 @@ class Evaluator:
         """``(P, V)`` own-class logits of P masked candidates of class c, in chunks of ``cfg.chunk``."""
         p = next(iter(masks.values())).shape[0]
         out = []
-        for a in range(0, p, self.cfg.chunk):
-            sub = {k: v[a:a + self.cfg.chunk].to(self.device) for k, v in masks.items()}
-            parts = [batched_forward(self.model, self.x[s:s + 256], sub, self.layers, share_first=True)[:, :, c]
-                     for s in range(0, len(self.x), 256)]
-            out.append(torch.cat(parts, dim=1).cpu())
+        with channels_last_on_cpu(self.model, self.device):
+            for a in range(0, p, self.cfg.chunk):
+                sub = {k: v[a:a + self.cfg.chunk].to(self.device) for k, v in masks.items()}
+                parts = [batched_forward(self.model, self.x[s:s + 256], sub, self.layers, share_first=True)[:, :, c]
+                         for s in range(0, len(self.x), 256)]
+                out.append(torch.cat(parts, dim=1).cpu())
         return torch.cat(out)
 
     @torch.no_grad()
-    def rebuilt(self, c: int, masks: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The same by building each candidate's smaller network (``modtools.extract``) and running it."""
+    def rebuilt(self, c: int, masks: dict[str, torch.Tensor], channels_last: bool = True) -> torch.Tensor:
+        """The same by building each candidate's smaller network (``modtools.extract``) and running it
+        (in channels-last layout on a CPU unless ``channels_last=False``, the original's way)."""
         p = next(iter(masks.values())).shape[0]
         rows = []
         for i in range(p):
             net, _ = extract(self.model, {k: v[i] for k, v in masks.items()}, on_empty="keep_one",
                              image_size=int(self.x.shape[-1]), verify=False)
             net.to(self.device)
+            if channels_last and torch.device(self.device).type == "cpu":
+                net.to(memory_format=torch.channels_last)
             rows.append(torch.cat([net(self.x[s:s + 256])[:, c] for s in range(0, len(self.x), 256)]).cpu())
         return torch.stack(rows)
 
@@ -357,7 +361,7 @@ def _own(evaluator: Evaluator, masks: dict[str, torch.Tensor], n: int, expand_at
         return logits.T.contiguous()
     if expand_at is not None and expand_at not in evaluator.unshared:
         try:
-            with torch.no_grad():
+            with torch.no_grad(), channels_last_on_cpu(evaluator.model, evaluator.device):
                 parts = [batched_forward(evaluator.model, x[s:s + 256], masks, evaluator.layers, expand_at=expand_at)
                          for s in range(0, len(x), 256)]
         except (RuntimeError, MaskShapeError):
@@ -365,7 +369,7 @@ def _own(evaluator: Evaluator, masks: dict[str, torch.Tensor], n: int, expand_at
         else:
             logits = torch.cat(parts, dim=1).cpu()
             return logits[torch.arange(n), :, torch.arange(n)]
-    with torch.no_grad():
+    with torch.no_grad(), channels_last_on_cpu(evaluator.model, evaluator.device):
         parts = [batched_forward(evaluator.model, x[s:s + 256], masks, evaluator.layers, share_first=True)
                  for s in range(0, len(x), 256)]
     logits = torch.cat(parts, dim=1).cpu()                      # N × V × N
