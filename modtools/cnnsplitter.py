@@ -27,15 +27,21 @@ Candidates are evaluated as masked models in batched passes, or rebuilt as small
 whichever was faster on this device in a short calibration (recorded); inputs are cached as one
 tensor, and chromosomes already evaluated (elites, duplicates) are never evaluated again. The
 search is seeded and deterministic, can stop early, and can resume from a checkpoint folder.
+
+**Successive halving** (``halving``, off by default as published): each generation scores its new
+candidates on a stratified ``halving`` share of the validation images first; the co-operative
+fitness on that slice ranks them, and only the best ``max(parents_mating, ⌈halving_keep · P⌉)`` per
+class are completed on the other images and scored as usual (the rest rank below them all).
+``halving_audit`` also scores every candidate in full and records the share of selected parents
+that halving changed (``halving_parents_changed`` per generation). Evaluation is in
+:mod:`modtools.cnnsplitter_eval`.
 """
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -44,11 +50,12 @@ import torch.nn as nn
 from . import data as D
 from .baseline import kernel_importance
 from .cnnsplitter_fitness import cooperative_fitness, pairwise_jaccard
-from .errors import CheckpointError, MaskShapeError, check_classes, check_range
-from .extract import extract
+from .errors import CheckpointError, check_classes, check_range
 from .io import atomic_write_json, config_hash, load_tensors, read_json, save_tensors
 from .layers import find_maskable_layers, pruning_group
-from .masks import batched_forward, channels_last_on_cpu
+from .cnnsplitter_eval import (Evaluator, _audit_halving, _own, composed_accuracy, layer_sensitivity,  # noqa: F401
+                               promising, ranked, ratios_from_sensitivity, stratified_slice)
+from .masks import batched_forward
 from .module import Module
 from .train import resolve_device, seed_everything
 
@@ -82,6 +89,12 @@ class CNNSplitterConfig:
     chunk: int = 20                        # candidates per batched masked pass
     patience: int | None = None            # stop after this many generations without a better ensemble
     empty_segment: str = "top1"            # top1: keep the most important kernel | kernel0 (the original)
+    halving: float | None = None           # successive halving: score new candidates on this fraction of
+    #                                        the validation images first (stratified; None: off, as published)
+    halving_keep: float = 0.5              # ... and only this fraction of each population (at least
+    #                                        parents_mating, the most promising) on all of them
+    halving_audit: bool = False            # also score every candidate on all images, to count the parents
+    #                                        halving changes (for measuring it; costs the full evaluation)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -98,6 +111,9 @@ class CNNSplitterConfig:
         check_range("confidence", self.confidence, 0 <= self.confidence <= 1, "0 <= confidence <= 1")
         if self.eval_mode not in EVAL_MODES:
             raise ValueError(f"eval_mode={self.eval_mode!r} is not allowed; use one of {EVAL_MODES}")
+        if self.halving is not None:
+            check_range("halving", self.halving, 0 < self.halving < 1, "a fraction 0 < halving < 1, or None (off)")
+        check_range("halving_keep", self.halving_keep, 0 < self.halving_keep <= 1, "a fraction 0 < halving_keep <= 1")
         if self.empty_segment not in EMPTY_SEGMENT:
             raise ValueError(f"empty_segment={self.empty_segment!r} is not allowed; use one of {EMPTY_SEGMENT}")
 
@@ -210,8 +226,7 @@ def next_generation(pop: torch.Tensor, fitness: torch.Tensor, cfg: CNNSplitterCo
                     generator: torch.Generator) -> torch.Tensor:
     """Steady-state selection, single-point crossover, random mutation, elitism (spec §5.3)."""
     p, g = pop.shape
-    # descending fitness; among equals the later index first (as the original's reversed stable sort)
-    order = torch.tensor(sorted(range(p), key=lambda i: (-float(fitness[i]), -i)))
+    order = ranked(fitness)
     parents = pop[order[:cfg.parents_mating]]
     n_off = p - cfg.keep_parents
     k = torch.arange(n_off)
@@ -224,168 +239,6 @@ def next_generation(pop: torch.Tensor, fitness: torch.Tensor, cfg: CNNSplitterCo
         vals = torch.randint(0, 2, (n_off, m), generator=generator).bool()
         children.scatter_(1, pos, vals)
     return torch.cat([pop[order[:cfg.keep_parents]], children])
-
-
-# --------------------------------------------------------------------------------------------
-# Importance, sensitivity, candidate evaluation
-# --------------------------------------------------------------------------------------------
-
-class Evaluator:
-    """Own-class logits of candidate modules on the cached validation inputs."""
-
-    def __init__(self, model: nn.Module, layers, val: D.ImageDataset, cfg: CNNSplitterConfig, device):
-        self.model, self.layers, self.cfg, self.device = model, layers, cfg, device
-        self.x = val.float_images().to(device)             # the inputs, cached as one tensor
-        self.labels = val.labels
-        self.cache: dict[tuple[int, bytes], torch.Tensor] = {}
-        self.evaluated = 0
-        self.hits = 0
-        self.mode = cfg.eval_mode
-        self.unshared: set[str] = set()   # layers a skip connection goes around (no shared prefix there)
-        self._order: dict[str, int] | None = None
-
-    @torch.no_grad()
-    def masked(self, c: int, masks: dict[str, torch.Tensor]) -> torch.Tensor:
-        """``(P, V)`` own-class logits of P masked candidates of class c, in chunks of ``cfg.chunk``."""
-        p = next(iter(masks.values())).shape[0]
-        out = []
-        with channels_last_on_cpu(self.model, self.device):
-            for a in range(0, p, self.cfg.chunk):
-                sub = {k: v[a:a + self.cfg.chunk].to(self.device) for k, v in masks.items()}
-                parts = [batched_forward(self.model, self.x[s:s + 256], sub, self.layers, share_first=True)[:, :, c]
-                         for s in range(0, len(self.x), 256)]
-                out.append(torch.cat(parts, dim=1).cpu())
-        return torch.cat(out)
-
-    @torch.no_grad()
-    def rebuilt(self, c: int, masks: dict[str, torch.Tensor], channels_last: bool = True) -> torch.Tensor:
-        """The same by building each candidate's smaller network (``modtools.extract``) and running it
-        (in channels-last layout on a CPU unless ``channels_last=False``, the original's way)."""
-        p = next(iter(masks.values())).shape[0]
-        rows = []
-        for i in range(p):
-            net, _ = extract(self.model, {k: v[i] for k, v in masks.items()}, on_empty="keep_one",
-                             image_size=int(self.x.shape[-1]), verify=False)
-            net.to(self.device)
-            if channels_last and torch.device(self.device).type == "cpu":
-                net.to(memory_format=torch.channels_last)
-            rows.append(torch.cat([net(self.x[s:s + 256])[:, c] for s in range(0, len(self.x), 256)]).cpu())
-        return torch.stack(rows)
-
-    def execution_order(self) -> dict[str, int]:
-        """Each layer's position in the forward pass (found once, on one input)."""
-        if self._order is None:
-            seen: list[str] = []
-            handles = [layer.conv.register_forward_pre_hook(lambda m, i, name=layer.name: seen.append(name))
-                       for layer in self.layers]
-            try:
-                with torch.no_grad():
-                    self.model(self.x[:1])
-            finally:
-                for h in handles:
-                    h.remove()
-            self._order = {name: i for i, name in enumerate(dict.fromkeys(seen))}
-            for layer in self.layers:                      # a layer the pass did not reach goes last
-                self._order.setdefault(layer.name, len(self._order))
-        return self._order
-
-    def calibrate(self, c: int, masks: dict[str, torch.Tensor]) -> dict:
-        """Time both ways on two candidates and keep the faster one (when ``eval_mode="auto"``)."""
-        two = {k: v[:2] for k, v in masks.items()}
-        t0 = time.perf_counter()
-        self.masked(c, two)
-        t1 = time.perf_counter()
-        self.rebuilt(c, two)
-        t2 = time.perf_counter()
-        times = {"masked": (t1 - t0) / 2, "rebuild": (t2 - t1) / 2}
-        if self.mode == "auto":
-            self.mode = min(times, key=times.get)
-        return {"seconds_per_candidate": times, "chosen": self.mode}
-
-    def logits(self, c: int, bits: torch.Tensor, masks: dict[str, torch.Tensor]) -> torch.Tensor:
-        """``(P, V)`` own-class logits; chromosomes seen before come from the cache."""
-        keys = [(c, bytes(np.packbits(row.numpy()))) for row in bits]
-        first: dict = {}
-        for i, k in enumerate(keys):
-            if k not in self.cache:
-                first.setdefault(k, i)                     # duplicates within the batch: evaluated once
-        todo = list(first.values())
-        self.hits += len(keys) - len(todo)
-        if todo:
-            sub = {k: v[todo] for k, v in masks.items()}
-            fresh = self.masked(c, sub) if self.mode == "masked" else self.rebuilt(c, sub)
-            for i, row in zip(todo, fresh):
-                self.cache[keys[i]] = row
-            self.evaluated += len(todo)
-        return torch.stack([self.cache[k] for k in keys])
-
-
-def composed_accuracy(own_logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """Accuracy of the argmax over N modules' own-class logits ``(N, V)``."""
-    return float((own_logits.argmax(0) == labels).float().mean())
-
-
-@torch.no_grad()
-def layer_sensitivity(model: nn.Module, layers, enc: Encoding, evaluator: Evaluator, grid: Sequence[float]) -> dict:
-    """Per segment and ratio: the composed validation accuracy when only that segment is pruned, all N
-    modules in one batched pass (module c keeps the top ratio of the segment by class-c importance).
-
-    Only the segment is masked, so the network before it is the same for all N modules: it runs
-    once, and the activations are repeated N times at the segment (where the network allows it)."""
-    n = enc.membership[0].shape[0]
-    base = composed_accuracy(_own(evaluator, {}, n), evaluator.labels)   # no mask: the model's own logits
-    order_of = evaluator.execution_order()
-    curves = {}
-    for seg, order in zip(enc.segments, enc.order):
-        accs = []
-        first = min(seg["layers"], key=order_of.__getitem__)
-        for r in grid:
-            keep = max(1, int(math.floor(r * seg["kernels"])))
-            m = torch.zeros(n, seg["kernels"])
-            m.scatter_(1, order[:, :keep], 1.0)
-            accs.append(composed_accuracy(_own(evaluator, {name: m for name in seg["layers"]}, n, expand_at=first),
-                                          evaluator.labels))
-        curves[seg["name"]] = accs
-    return {"grid": list(grid), "unpruned": base, "curves": curves}
-
-
-def _own(evaluator: Evaluator, masks: dict[str, torch.Tensor], n: int, expand_at: str | None = None) -> torch.Tensor:
-    """Module c's class-c logit for the N masked copies: ``N × V``. With ``expand_at``, the network
-    before that layer runs once (falls back to repeating at the first layer where a skip connection
-    goes around it)."""
-    x = evaluator.x
-    masks = {k: v.to(x.device) for k, v in masks.items()}
-    if not masks:
-        with torch.no_grad():
-            logits = torch.cat([evaluator.model(x[s:s + 256]) for s in range(0, len(x), 256)]).cpu()   # V × N
-        return logits.T.contiguous()
-    if expand_at is not None and expand_at not in evaluator.unshared:
-        try:
-            with torch.no_grad(), channels_last_on_cpu(evaluator.model, evaluator.device):
-                parts = [batched_forward(evaluator.model, x[s:s + 256], masks, evaluator.layers, expand_at=expand_at)
-                         for s in range(0, len(x), 256)]
-        except (RuntimeError, MaskShapeError):
-            evaluator.unshared.add(expand_at)   # a path goes around this layer: repeat at the first one
-        else:
-            logits = torch.cat(parts, dim=1).cpu()
-            return logits[torch.arange(n), :, torch.arange(n)]
-    with torch.no_grad(), channels_last_on_cpu(evaluator.model, evaluator.device):
-        parts = [batched_forward(evaluator.model, x[s:s + 256], masks, evaluator.layers, share_first=True)
-                 for s in range(0, len(x), 256)]
-    logits = torch.cat(parts, dim=1).cpu()                      # N × V × N
-    return logits[torch.arange(n), :, torch.arange(n)]          # module c's class-c logit: N × V
-
-
-def ratios_from_sensitivity(sens: dict, tolerance: float) -> tuple[dict[str, list[float]], dict[str, float]]:
-    """The stated rule: ``r_min`` = the smallest ratio within ``tolerance`` of the unpruned composed
-    accuracy; initial ratios ``r_min, r_min + 0.1, r_min + 0.2`` clipped to 1."""
-    ratios, r_min = {}, {}
-    for name, accs in sens["curves"].items():
-        ok = [r for r, a in zip(sens["grid"], accs) if a >= sens["unpruned"] - tolerance]
-        r0 = min(ok) if ok else 1.0
-        r_min[name] = r0
-        ratios[name] = sorted({round(min(1.0, r0 + d), 2) for d in (0.0, 0.1, 0.2)})
-    return ratios, r_min
 
 
 # --------------------------------------------------------------------------------------------
@@ -490,20 +343,27 @@ def search(model: nn.Module, train: D.ImageDataset, val: D.ImageDataset, cfg: CN
     labels = val.labels
     for gen in range(start, cfg.generations + 1):
         t0 = time.perf_counter()
-        logits, kernel_bits = [], []
+        pop_masks, kernel_bits = [], []
         for c in range(n):
             kept = decode(pops[c], c, enc, cfg.empty_segment)
-            masks = layer_masks(kept, enc)
-            if calibration is None:
-                calibration = evaluator.calibrate(c, masks)
-            logits.append(evaluator.logits(c, pops[c], masks))
+            pop_masks.append(layer_masks(kept, enc))
             kernel_bits.append(torch.cat(kept, dim=1))
+            if calibration is None:
+                calibration = evaluator.calibrate(c, pop_masks[c])
+        rows, slice_seconds = promising(evaluator, pops, pop_masks, kernel_bits, weight, cfg, recorder_gen)
+        logits = [evaluator.logits(c, pops[c][rows[c]], {k: v[rows[c]] for k, v in pop_masks[c].items()})
+                  for c in range(n)]
         t1 = time.perf_counter()
-        fitness, top = cooperative_fitness(logits, labels, kernel_bits, weight, cfg.alpha, cfg.acc_thresholds,
-                                           recorder_gen, cfg.keep_min, cfg.keep_max)
+        audit_rng = recorder_gen.get_state() if cfg.halving_audit and cfg.halving is not None else None
+        scored, top = cooperative_fitness(logits, labels, [kernel_bits[c][rows[c]] for c in range(n)], weight,
+                                          cfg.alpha, cfg.acc_thresholds, recorder_gen, cfg.keep_min, cfg.keep_max)
         t2 = time.perf_counter()
-        chosen = [int(torch.argmax(fitness[c])) for c in range(n)]
-        own = torch.stack([logits[c][chosen[c]] for c in range(n)])
+        fitness = torch.full((n, pops[0].shape[0]), -1.0)      # candidates not scored on every image: below all
+        for c in range(n):
+            fitness[c, rows[c]] = scored[c]
+        best_row = [int(torch.argmax(scored[c])) for c in range(n)]
+        chosen = [int(rows[c][best_row[c]]) for c in range(n)]
+        own = torch.stack([logits[c][best_row[c]] for c in range(n)])
         acc = composed_accuracy(own, labels)
         chosen_bits = torch.stack([kernel_bits[c][chosen[c]] for c in range(n)])
         j = pairwise_jaccard(chosen_bits, chosen_bits)
@@ -512,8 +372,13 @@ def search(model: nn.Module, train: D.ImageDataset, val: D.ImageDataset, cfg: CN
         row = {"generation": gen, "best_fitness": float(fitness.max()), "best_compose_fitness": top["fitness"],
                "best_compose_accuracy": top["accuracy"], "ensemble_accuracy": acc, "ensemble_diff": diff,
                "ensemble_fitness": valid_fitness, "weight": weight, "evaluated": evaluator.evaluated,
-               "cache_hits": evaluator.hits, "seconds_evaluate": t1 - t0, "seconds_fitness": t2 - t1,
+               "cache_hits": evaluator.hits, "seconds_evaluate": t1 - t0 - slice_seconds, "seconds_fitness": t2 - t1 + slice_seconds,
                "krr": float(chosen_bits.float().mean())}
+        if cfg.halving is not None:
+            row["evaluated_slice_only"] = evaluator.evaluated_slice
+            if audit_rng is not None:
+                row["halving_parents_changed"] = _audit_halving(evaluator, pops, pop_masks, kernel_bits, fitness,
+                                                                weight, cfg, audit_rng)
         history.append(row)
         if best is None or valid_fitness > best["fitness"]:
             best = {"generation": gen, "fitness": valid_fitness, "bits": [pops[c][chosen[c]].tolist() for c in range(n)]}

@@ -1,8 +1,9 @@
 """Patching a weak model's weak class with a module of a strong model (CNNSplitter, spec §7).
 
 The weak model's own probability of the target class (TC) is discarded and replaced by the
-module's TC score, min–max normalised on the TC's validation samples; the prediction is the argmax
-of the weak model's other probabilities and that score. There is no threshold. Any module whose
+module's TC score, min–max normalised on the TC's validation samples (published; or, as a toolkit
+option, a Platt probability fitted on the TC's and the other classes' validation samples); the
+prediction is the argmax of the weak model's other probabilities and that score. There is no threshold. Any module whose
 task names the TC works: CNNSplitter's own-class logit, GradSplitter's detector score, an MwT or
 SeaM module's output for that class.
 
@@ -25,16 +26,35 @@ from .train import FitConfig, ModelSpec, resolve_device
 WEAK_KINDS = ("simple", "overfit", "underfit")
 
 
+CALIBRATIONS = ("minmax", "platt")
+
+
 @dataclass
 class Calibration:
-    """The min and max of the module's TC score on the TC's validation samples."""
+    """How a module's raw TC score becomes the number that replaces the weak model's TC probability.
+
+    * ``minmax`` (published): ``(s − low) / (high − low)`` with the min and max of the score on the
+      TC's validation samples; when they are all equal, ``1 + s − low`` (they map to 1).
+    * ``platt``: ``sigmoid(slope · s + intercept)``, a probability of the TC fitted (logistic
+      regression) on the TC's samples against the weak task's other classes' samples of the
+      calibration split. The patch then lets the module decide "TC or not" (TC when this probability
+      is above ½) and the weak model pick among its other classes. The min–max range maps most
+      other-class samples into (0, 1), where they beat an unsure (underfitted, too simple) weak
+      model's probabilities and cost the other classes accuracy; a fitted probability with an even
+      threshold does not depend on how sure the weak model is.
+    """
 
     low: float
     high: float
     samples: int
+    kind: str = "minmax"
+    slope: float = 1.0
+    intercept: float = 0.0
+    negatives: int = 0
 
     def normalise(self, scores: torch.Tensor) -> torch.Tensor:
-        """``(s − low) / (high − low)``; when all calibration scores are equal, ``1 + s − low`` (they map to 1)."""
+        if self.kind == "platt":
+            return torch.sigmoid(self.slope * scores + self.intercept)
         span = self.high - self.low
         return (scores - self.low) / span if span > 0 else 1.0 + (scores - self.low)
 
@@ -59,21 +79,63 @@ def module_scores(module: Module, ds: D.ImageDataset, target_class: int, device:
     return torch.cat(out) if out else torch.zeros(0)
 
 
-def calibrate(module: Module, val: D.ImageDataset, target_class: int, device: str = "auto") -> Calibration:
-    """Min–max range of the module's TC score on the samples of ``val`` labelled ``target_class``."""
+def fit_platt(scores: torch.Tensor, positive: torch.Tensor, ridge: float = 1e-3, steps: int = 50) -> tuple[float, float]:
+    """``(slope, intercept)`` of the logistic regression of ``positive`` (bool) on ``scores`` (Newton's
+    method on standardised scores, with a small ridge so that separable data stay finite)."""
+    s = scores.double()
+    mean, std = float(s.mean()), float(s.std()) or 1.0
+    z = torch.stack([(s - mean) / std, torch.ones_like(s)], 1)
+    y = positive.double()
+    w = torch.zeros(2, dtype=torch.float64)
+    for _ in range(steps):
+        p = torch.sigmoid(z @ w)
+        grad = z.T @ (p - y) / len(y) + ridge * w
+        hess = (z * (p * (1 - p))[:, None]).T @ z / len(y) + ridge * torch.eye(2, dtype=torch.float64)
+        step = torch.linalg.solve(hess, grad)
+        w = w - step
+        if float(step.abs().max()) < 1e-10:
+            break
+    slope = float(w[0]) / std
+    return slope, float(w[1]) - slope * mean
+
+
+def calibrate(module: Module, val: D.ImageDataset, target_class: int, device: str = "auto", method: str = "minmax",
+              negative_classes: Sequence[int] | None = None) -> Calibration:
+    """Calibrate the module's TC score on ``val`` (labelled with source class ids): the min–max range of
+    its TC samples (``minmax``, published), or a logistic fit of TC samples against the samples of
+    ``negative_classes`` (default: every other class) (``platt``)."""
+    if method not in CALIBRATIONS:
+        raise ValueError(f"calibration={method!r} is not allowed; use one of {CALIBRATIONS}")
     (target_class,) = check_classes([target_class], val.num_classes, val.name, what="target class")
     idx = torch.nonzero(val.labels == target_class).squeeze(1)
     if len(idx) == 0:
         raise EmptyClassError(f"the calibration split of {val.name} has no sample of target class {target_class} "
                               f"({val.class_names[target_class]!r}); the module score cannot be normalised")
     s = module_scores(module, val.take(idx), target_class, device)
-    return Calibration(float(s.min()), float(s.max()), len(idx))
+    cal = Calibration(float(s.min()), float(s.max()), len(idx))
+    if method == "minmax":
+        return cal
+    others = [c for c in (negative_classes if negative_classes is not None else range(val.num_classes))
+              if c != target_class]
+    neg = torch.nonzero(torch.isin(val.labels, torch.tensor(others, dtype=val.labels.dtype))).squeeze(1)
+    if len(neg) == 0:
+        raise EmptyClassError(f"the calibration split of {val.name} has no sample of the other classes {others}; "
+                              "a Platt calibration needs negatives (use calibration='minmax')")
+    sn = module_scores(module, val.take(neg), target_class, device)
+    slope, intercept = fit_platt(torch.cat([s, sn]), torch.cat([torch.ones(len(s)), torch.zeros(len(sn))]).bool())
+    return Calibration(cal.low, cal.high, len(idx), "platt", slope, intercept, len(neg))
 
 
 def patched_predictions(weak_probs: torch.Tensor, scores: torch.Tensor, column: int,
                         calibration: Calibration) -> torch.Tensor:
-    """Argmax after replacing column ``column`` of the weak model's softmax by the normalised score."""
+    """Argmax after replacing column ``column`` of the weak model's softmax by the normalised score
+    (``minmax``); for ``platt``, the TC where its probability is above ½, else the weak model's
+    most probable other class."""
     p = weak_probs.clone()
+    if calibration.kind == "platt":
+        p[:, column] = -1.0
+        return torch.where(calibration.normalise(scores) > 0.5, torch.full_like(p[:, 0], column, dtype=torch.long),
+                           p.argmax(1))
     p[:, column] = calibration.normalise(scores)
     return p.argmax(1)
 
@@ -96,15 +158,17 @@ def _other_accuracy(pred: torch.Tensor, labels: torch.Tensor, column: int) -> fl
 
 @torch.no_grad()
 def patch(weak_model: nn.Module, weak_classes: Sequence[int], module: Module, calibration_data: D.ImageDataset,
-          test: D.ImageDataset, target_class: int, device: str = "auto") -> dict:
+          test: D.ImageDataset, target_class: int, device: str = "auto", calibration: str = "minmax") -> dict:
     """Patch ``weak_model`` on ``target_class`` with ``module`` and measure before and after.
 
     Args:
         weak_model: outputs one logit per entry of ``weak_classes``.
         weak_classes: the class ids (of the module's source data set) that the weak model's outputs
             stand for, in output order; it must contain ``target_class``.
-        calibration_data: labelled with source class ids; its TC samples set the min–max range.
+        calibration_data: labelled with source class ids; its TC samples set the min–max range
+            (for ``platt``, its TC samples against those of the weak model's other classes).
         test: the weak model's test task, labelled 0..k-1 in ``weak_classes`` order.
+        calibration: ``minmax`` (published) or ``platt`` (see :class:`Calibration`).
 
     Returns the TC's precision, recall and F1 and the other classes' accuracy, before and after.
     """
@@ -115,6 +179,8 @@ def patch(weak_model: nn.Module, weak_classes: Sequence[int], module: Module, ca
     if test.num_classes != len(weak_classes):
         raise ModuleMismatchError(f"the test task has {test.num_classes} classes but weak_classes lists "
                                   f"{len(weak_classes)}: {weak_classes}")
+    if calibration not in CALIBRATIONS:
+        raise ValueError(f"calibration={calibration!r} is not allowed; use one of {CALIBRATIONS}")
     column = weak_classes.index(target_class)
     dev = resolve_device(device)
     weak_model = weak_model.eval().to(dev)
@@ -122,7 +188,7 @@ def patch(weak_model: nn.Module, weak_classes: Sequence[int], module: Module, ca
     if outputs != len(weak_classes):
         raise ModuleMismatchError(f"the weak model has {outputs} outputs but weak_classes lists {len(weak_classes)} "
                                   f"classes ({weak_classes}); they must match one to one")
-    cal = calibrate(module, calibration_data, target_class, device)
+    cal = calibrate(module, calibration_data, target_class, device, calibration, negative_classes=weak_classes)
     probs = torch.cat([torch.softmax(weak_model(x.to(dev)), 1).cpu() for x, _ in D.TensorLoader(test, 256)])
     scores = module_scores(module, test, target_class, device)
     before = probs.argmax(1)
@@ -130,7 +196,8 @@ def patch(weak_model: nn.Module, weak_classes: Sequence[int], module: Module, ca
     mb, ma = class_metrics(before, test.labels, column), class_metrics(after, test.labels, column)
     return {"target_class": int(target_class), "target_name": test.class_names[column], "column": column,
             "module_approach": module.approach, "module_name": module.name,
-            "calibration": {"low": cal.low, "high": cal.high, "samples": cal.samples},
+            "calibration": {"kind": cal.kind, "low": cal.low, "high": cal.high, "samples": cal.samples,
+                            "slope": cal.slope, "intercept": cal.intercept, "negatives": cal.negatives},
             **{f"{k}_before": mb[k] for k in ("precision", "recall", "f1")},
             **{f"{k}_after": ma[k] for k in ("precision", "recall", "f1")},
             "other_accuracy_before": _other_accuracy(before, test.labels, column),

@@ -130,7 +130,7 @@ PROFILE_VALUES.update({
         "quick": {},
         # the paper mixes CIFAR-100 classes with one CIFAR-10 TC; here the weak tasks are CIFAR-10 classes
         "paper": {**_CS_PAPER, "target_classes": [0, 1, 2, 3, 4, 5, 6, 7, 8, 9], "task_classes": [0, 1, 2, 3, 4, 5, 6, 7, 8, 9],
-                  "weak_per_class": 400, "weak_batch_size": 128, "simple_width": 1.0, "simple_epochs": 100,
+                  "weak_per_class": 400, "weak_batch_size": 128, "calibration": "minmax", "simple_width": 1.0, "simple_epochs": 100,
                   "simple_lr": 0.01, "overfit_epochs": 200, "underfit_epochs": 20, "weak_lr": 0.01, "gs_search_per_class": None, "gs_cycle_epochs": 140,
                   "gs_init_value": 1.0, "gs_lr_mask": 0.001, "gs_alpha": 0.1},
     },

@@ -33,7 +33,8 @@ def test_bench_gradsplitter_fields():
     results = bench.bench_gradsplitter(width=0.125, batch_size=8, steps=1, dataset="synthetic", per_class=32,
                                        search_samples=16, paper_cycle_epochs=2, runs=runs)
     assert results["step_seconds_batched"] > 0 and results["step_seconds_sequential"] > 0
-    assert set(results["runs"]) == set(runs) and results["modules"] == 4
+    assert set(results["runs"]) == set(runs) | {"paper_cached_short"} and results["modules"] == 4
+    assert results["runs"]["paper_backprop"]["config"]["cycle_epochs"] == results["head_phase_schedule"]["cycle_epochs"]
     for run in results["runs"].values():
         assert run["steps"] == run["epochs"] * run["steps_per_epoch"] == len(run["history"]) * 2
         assert 0 <= run["val_accuracy"] <= 1 and run["peak_rss_bytes"] > 0
@@ -44,6 +45,15 @@ def test_bench_gradsplitter_fields():
     with pytest.raises(ValueError, match="unknown runs"):
         bench.bench_gradsplitter(width=0.125, batch_size=8, steps=0, dataset="synthetic", per_class=8,
                                  search_samples=8, runs=("paper_fast",))
+
+
+def test_bench_cnnsplitter_fields():
+    r = bench.bench_cnnsplitter(width=0.125, image_size=16, val_images=20, population=4, generations=1,
+                                baseline_candidates=2)
+    assert r["candidates"] == 4 * 10 * 2 and r["candidates_per_second"] > 0
+    assert r["candidates_per_second_without_halving"] > 0 and r["original_seconds_per_candidate"] > 0
+    h = r["successive_halving"]
+    assert 0 <= h["parents_changed"] <= 1 and h["audited_generations"] == 1 and h["keep"] == 0.5
 
 
 def test_time_to_target_takes_the_first_epoch_meeting_both():

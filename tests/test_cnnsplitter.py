@@ -114,6 +114,58 @@ def test_evaluator_never_evaluates_a_chromosome_twice(tiny_data):
     assert ev.evaluated == 2 and ev.hits == 4
 
 
+def test_stratified_slice_takes_every_class_in_proportion():
+    labels = torch.tensor([0] * 8 + [1] * 4 + [2] * 2)
+    first, rest = C.stratified_slice(labels, 0.25)
+    assert torch.bincount(labels[first]).tolist() == [2, 1, 1]
+    assert sorted(torch.cat([first, rest]).tolist()) == list(range(14))
+
+
+def test_a_candidate_completed_after_the_first_round_equals_one_scored_at_once(tiny_data):
+    train, _ = tiny_data
+    model = tiny_model("simcnn", in_channels=1, num_classes=4)
+    layers = find_maskable_layers(model, torch.zeros(1, 1, 16, 16))
+    enc_cfg = C.CNNSplitterConfig(**SMALL)
+    enc = C.build_encoding(kernel_importance(model, train, layers, device="cpu"), C.coupled_segments(model, layers),
+                           enc_cfg)
+    bits = torch.rand(3, enc.genes, generator=torch.Generator().manual_seed(3)) > 0.5
+    masks = C.layer_masks(C.decode(bits, 1, enc), enc)
+    val = train.take(range(40))
+    halved = C.Evaluator(model, layers, val, C.CNNSplitterConfig(**SMALL, eval_mode="masked", halving=0.25), "cpu")
+    whole = C.Evaluator(model, layers, val, C.CNNSplitterConfig(**SMALL, eval_mode="masked"), "cpu")
+    first = halved.slice_logits(1, bits[:2], {k: v[:2] for k, v in masks.items()})
+    assert first.shape == (2, len(halved.slice_idx)) and halved.evaluated_slice == 2 and halved.evaluated == 0
+    ref = whole.logits(1, bits, masks)
+    torch.testing.assert_close(first, ref[:2, halved.slice_idx], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(halved.logits(1, bits, masks), ref, atol=1e-5, rtol=1e-5)
+    assert halved.evaluated == 3 and halved.evaluated_slice == 0
+
+
+def test_successive_halving_scores_fewer_candidates_fully_and_keeps_parents_when_all_go_on(tiny_data):
+    train, _ = tiny_data
+    model = tiny_model("simcnn", in_channels=1, num_classes=4)
+    base = dict(SMALL, population=8, parents_mating=4, keep_parents=2, eval_mode="masked")
+    val = train.take(range(60))
+    plain = C.search(model, train, val, C.CNNSplitterConfig(**base), device="cpu")
+    halved = C.search(model, train, val, C.CNNSplitterConfig(**base, halving=0.3, halving_keep=0.5), device="cpu")
+    again = C.search(model, train, val, C.CNNSplitterConfig(**base, halving=0.3, halving_keep=0.5), device="cpu")
+    def timeless(history):
+        return [{k: v for k, v in h.items() if not k.startswith("seconds")} for h in history]
+
+    assert timeless(halved.history) == timeless(again.history)   # seeded and deterministic
+    assert all(torch.equal(x[k], y[k]) for x, y in zip(halved.masks, again.masks) for k in x)
+    assert halved.evaluation["evaluated"] < plain.evaluation["evaluated"]
+    assert all("evaluated_slice_only" in h for h in halved.history)
+    # everyone goes on to the full images: the audited full evaluation picks the same parents
+    audited = C.search(model, train, val, C.CNNSplitterConfig(**base, halving=0.3, halving_keep=1.0, halving_audit=True),
+                       device="cpu")
+    assert [h["halving_parents_changed"] for h in audited.history] == [0.0] * len(audited.history)
+    with pytest.raises(ValueError, match="halving=1.5"):
+        C.CNNSplitterConfig(halving=1.5)
+    with pytest.raises(ValueError, match="halving_keep=0"):
+        C.CNNSplitterConfig(halving_keep=0)
+
+
 def test_ga_operators_keep_size_and_elites_and_mutate_the_stated_number_of_genes():
     cfg = C.CNNSplitterConfig(population=10, parents_mating=4, keep_parents=3, mutation_percent=20)
     g = torch.Generator().manual_seed(0)
@@ -273,8 +325,38 @@ def test_patching_with_a_perfect_module_lifts_the_target_recall_to_one():
     assert r["recall_before"] == 0.0 and r["f1_before"] == 0.0 and r["precision_before"] == 0.0
     assert r["recall_after"] == 1.0 and r["precision_after"] == 1.0 and r["f1_after"] == 1.0
     assert r["other_accuracy_before"] == 1.0 and r["other_accuracy_after"] == 1.0
-    assert r["calibration"] == {"low": pytest.approx(150 / 255 * 10), "high": pytest.approx(200 / 255 * 10),
-                                "samples": 2}
+    assert r["calibration"]["kind"] == "minmax" and r["calibration"]["samples"] == 2
+    assert r["calibration"]["low"] == pytest.approx(150 / 255 * 10)
+    assert r["calibration"]["high"] == pytest.approx(200 / 255 * 10)
+
+
+def test_platt_fit_recovers_a_known_logistic_and_maps_a_score_shift_back():
+    g = torch.Generator().manual_seed(0)
+    s = torch.rand(20000, generator=g) * 4 - 2
+    y = torch.rand(20000, generator=g) < torch.sigmoid(2.0 * s - 1.0)
+    slope, intercept = P.fit_platt(s, y)
+    assert slope == pytest.approx(2.0, abs=0.15) and intercept == pytest.approx(-1.0, abs=0.1)
+    slope5, intercept5 = P.fit_platt(s + 5.0, y)             # the same scores shifted by 5
+    assert slope5 == pytest.approx(slope, rel=1e-6) and intercept5 == pytest.approx(intercept - 5.0 * slope, abs=1e-5)
+
+
+def test_platt_calibration_keeps_other_classes_that_min_max_lets_in():
+    # TC 3 has one hard sample (brightness 40) that stretches the min-max range down; the weak task
+    # [0, 1, 3] has an unsure weak model (equal logits: 1/3 each), and the other classes score 60-120
+    tc, negatives = [40, 150, 200, 180, 170, 160], [60, 70, 80, 90, 95, 100, 105, 110, 115, 120, 100, 95]
+    cal = D.ImageDataset(_images(tc + negatives), torch.tensor([3] * 6 + [0, 1] * 6), ["a", "b", "c", "d"], "toy")
+    test = D.ImageDataset(_images([100, 102, 98, 180, 190]), torch.tensor([0, 0, 0, 2, 2]), ["a", "b", "d"], "toy")
+    weak = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+    with torch.no_grad():
+        weak[1].weight.zero_()
+        weak[1].bias.zero_()
+    minmax = P.patch(weak, [0, 1, 3], _Perfect(3), cal, test, target_class=3, device="cpu")
+    platt = P.patch(weak, [0, 1, 3], _Perfect(3), cal, test, target_class=3, device="cpu", calibration="platt")
+    assert minmax["other_accuracy_before"] == 1.0 and minmax["other_accuracy_after"] < 0.5   # min-max lets them in
+    assert platt["other_accuracy_after"] == 1.0 and platt["recall_after"] == 1.0
+    assert platt["calibration"]["kind"] == "platt" and platt["calibration"]["negatives"] == 12
+    with pytest.raises(ValueError, match="calibration='sigmoid'"):
+        P.patch(weak, [0, 1, 3], _Perfect(3), cal, test, target_class=3, device="cpu", calibration="sigmoid")
 
 
 def test_patching_rejects_mismatched_classes():
