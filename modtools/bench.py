@@ -304,7 +304,7 @@ def bench_cnnsplitter(width: float = 0.25, image_size: int = 32, val_images: int
     enc_masks = {layer.name: (torch.rand(baseline_candidates, layer.out_channels, generator=g) < 0.7).float()
                  for layer in layers}
     t0 = time.perf_counter()
-    ev.rebuilt(0, enc_masks, channels_last=False)   # the original's way: default layout, no cache
+    ev.rebuilt(0, enc_masks)   # the original's way: a rebuilt module per candidate, no cache
     rebuild_each = (time.perf_counter() - t0) / baseline_candidates
     t0 = time.perf_counter()
     ev.masked(0, enc_masks)

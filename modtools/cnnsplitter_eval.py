@@ -68,10 +68,8 @@ class Evaluator:
         return torch.cat(out)
 
     @torch.no_grad()
-    def rebuilt(self, c: int, masks: dict[str, torch.Tensor], channels_last: bool = True,
-                x: torch.Tensor | None = None) -> torch.Tensor:
-        """The same by building each candidate's smaller network (``modtools.extract``) and running it
-        (in channels-last layout on a CPU unless ``channels_last=False``, the original's way)."""
+    def rebuilt(self, c: int, masks: dict[str, torch.Tensor], x: torch.Tensor | None = None) -> torch.Tensor:
+        """The same by building each candidate's smaller network (``modtools.extract``) and running it."""
         x = self.x if x is None else x
         p = next(iter(masks.values())).shape[0]
         rows = []
@@ -79,8 +77,6 @@ class Evaluator:
             net, _ = extract(self.model, {k: v[i] for k, v in masks.items()}, on_empty="keep_one",
                              image_size=int(self.x.shape[-1]), verify=False)
             net.to(self.device)
-            if channels_last and torch.device(self.device).type == "cpu":
-                net.to(memory_format=torch.channels_last)
             rows.append(torch.cat([net(x[s:s + 256])[:, c] for s in range(0, len(x), 256)]).cpu())
         return torch.stack(rows)
 
@@ -209,20 +205,21 @@ def _own(evaluator: Evaluator, masks: dict[str, torch.Tensor], n: int, expand_at
         with torch.no_grad():
             logits = torch.cat([evaluator.model(x[s:s + 256]) for s in range(0, len(x), 256)]).cpu()   # V × N
         return logits.T.contiguous()
-    if expand_at is not None and expand_at not in evaluator.unshared:
-        try:
-            with torch.no_grad(), channels_last_on_cpu(evaluator.model, evaluator.device):
-                parts = [batched_forward(evaluator.model, x[s:s + 256], masks, evaluator.layers, expand_at=expand_at)
-                         for s in range(0, len(x), 256)]
-        except (RuntimeError, MaskShapeError):
-            evaluator.unshared.add(expand_at)   # a path goes around this layer: repeat at the first one
-        else:
-            logits = torch.cat(parts, dim=1).cpu()
-            return logits[torch.arange(n), :, torch.arange(n)]
-    with torch.no_grad(), channels_last_on_cpu(evaluator.model, evaluator.device):
-        parts = [batched_forward(evaluator.model, x[s:s + 256], masks, evaluator.layers, share_first=True)
-                 for s in range(0, len(x), 256)]
-    logits = torch.cat(parts, dim=1).cpu()                      # N × V × N
+
+    def run(at):
+        with torch.no_grad(), channels_last_on_cpu(evaluator.model, evaluator.device):
+            return torch.cat([batched_forward(evaluator.model, x[s:s + 256], masks, evaluator.layers,
+                                              share_first=True, expand_at=at)
+                              for s in range(0, len(x), 256)], dim=1).cpu()          # N × V × N
+
+    at = expand_at if expand_at not in evaluator.unshared else None
+    try:
+        logits = run(at)
+    except (RuntimeError, MaskShapeError):
+        if at is None:
+            raise
+        evaluator.unshared.add(at)   # a path goes around this layer: repeat at the first one
+        logits = run(None)
     return logits[torch.arange(n), :, torch.arange(n)]          # module c's class-c logit: N × V
 
 
