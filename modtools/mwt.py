@@ -123,7 +123,9 @@ class MwTGate(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.detach_input:
             x = x.detach()
-        g = x.mean(dim=(2, 3)) if x.ndim == 4 else x
+        # the spatial mean as a sum times 1/HW: its backward is a broadcast view, where mean's backward
+        # writes a full-size quotient (≈ 5 % of a ResNet-20 training step on a CPU)
+        g = x.sum(dim=(2, 3)) * (1.0 / (x.shape[2] * x.shape[3])) if x.ndim == 4 else x
         return torch.relu(torch.tanh(self.fc2(torch.relu(self.fc1(g)))))
 
 
@@ -187,15 +189,33 @@ def cohesion_coupling_loss(gates: Sequence[torch.Tensor], labels: torch.Tensor) 
     same-class pairs ``i < j``, coupling = mean over different-class pairs; then the plain mean
     over layers. A batch without same-class (or different-class) pairs contributes 0 to that term.
     """
-    g = F.normalize(stack_gates(gates), p=2, dim=2)           # L × B × C (zero padding keeps cosines)
-    sim = torch.bmm(g, g.transpose(1, 2))                      # L × B × B
+    return pair_similarity_terms(stack_gates(gates), labels)
+
+
+def pair_similarity_terms(stacked: torch.Tensor, labels: torch.Tensor,
+                          num_classes: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`cohesion_coupling_loss` on gates already stacked to ``(L, B, C)``, without a B × B matrix.
+
+    The sum of cosines over pairs ``i < j`` of a set is ``(‖Σ gᵢ‖² − Σ ‖gᵢ‖²) / 2`` for unit (or zero)
+    rows, so per-class sums of the normalised gates (one matrix product with the one-hot labels)
+    give the same-class total, and the sum over the whole batch gives all pairs; the different-class
+    total is their difference. Cost O(L·B·C) instead of O(L·B²·C).
+    """
+    g = F.normalize(stacked, p=2, dim=2)                       # L × B × C; zero rows stay zero
+    if num_classes is None:
+        num_classes = int(labels.max()) + 1 if labels.numel() else 1
+    onehot = F.one_hot(labels, num_classes).to(g.dtype)        # B × K
+    norms = g.pow(2).sum(dim=(1, 2))                           # L: Σ ‖gᵢ‖²
+    per_class = torch.einsum("bk,lbc->lkc", onehot, g)         # L × K × C
+    same_total = (per_class.pow(2).sum(dim=(1, 2)) - norms) / 2
+    all_total = (g.sum(dim=1).pow(2).sum(dim=1) - norms) / 2
+    counts = onehot.sum(0)
     b = labels.shape[0]
-    upper = torch.triu(torch.ones(b, b, dtype=torch.bool, device=labels.device), diagonal=1)
-    same = labels[:, None] == labels[None, :]
-    pos, neg = same & upper, ~same & upper
-    zero = sim.new_zeros(())
-    coh = (1 - sim[:, pos].mean(dim=1)).mean() if pos.any() else zero
-    coup = sim[:, neg].mean(dim=1).mean() if neg.any() else zero
+    n_same = float((counts * (counts - 1)).sum()) / 2
+    n_diff = b * (b - 1) / 2 - n_same
+    zero = g.new_zeros(())
+    coh = (1 - same_total / n_same).mean() if n_same > 0 else zero
+    coup = ((all_total - same_total) / n_diff).mean() if n_diff > 0 else zero
     return coh, coup
 
 
@@ -205,14 +225,18 @@ def mwt_loss(alpha: float = 0.5, beta: float = 1.5, warmup_steps: int = 0):
     With ``warmup_steps``, β grows linearly from 0 to its value over that many training steps.
     """
     calls = [0]
+    widths: list[torch.Tensor] = []
 
     def extra(model: GatedModel, x, y, logits):
         gates = [model.gates.last[layer.name] for layer in model.layers]
-        coh, coup = cohesion_coupling_loss(gates, y)
+        stacked = stack_gates(gates)
+        coh, coup = pair_similarity_terms(stacked, y, logits.shape[1] if logits is not None else None)
         ramp = min(1.0, (calls[0] + 1) / warmup_steps) if warmup_steps else 1.0
         calls[0] += 1
         with torch.no_grad():
-            rate = torch.stack([(g > 0).float().mean() for g in gates]).mean()
+            if not widths:
+                widths.append(torch.tensor([g.shape[1] for g in gates], dtype=torch.float32, device=stacked.device))
+            rate = ((stacked > 0).sum(dim=(1, 2)).float() / (widths[0] * stacked.shape[1])).mean()
         return alpha * coh + ramp * beta * coup, {"cohesion_loss": float(coh.detach()),
                                                   "coupling_loss": float(coup.detach()), "kernel_rate": float(rate)}
     return extra

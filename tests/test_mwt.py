@@ -58,6 +58,25 @@ def test_losses_by_hand():
     assert float(coh) == 1.0 and float(coup) == 0.0
 
 
+def test_pair_sums_equal_the_pairwise_definition():
+    """The O(B) class-sum form equals cosines averaged over every pair i < j (zero rows included)."""
+    torch.manual_seed(0)
+    gates = [torch.relu(torch.randn(40, c)) for c in (4, 8, 16)]
+    gates[0][5] = 0.0
+    y = torch.randint(0, 6, (40,))
+    g = torch.nn.functional.normalize(W.stack_gates(gates), p=2, dim=2)
+    sim = torch.bmm(g, g.transpose(1, 2))
+    upper = torch.triu(torch.ones(40, 40, dtype=torch.bool), diagonal=1)
+    same = y[:, None] == y[None, :]
+    coh_ref = (1 - sim[:, same & upper].mean(dim=1)).mean()
+    coup_ref = sim[:, ~same & upper].mean(dim=1).mean()
+    coh, coup = W.cohesion_coupling_loss(gates, y)
+    assert float(coh) == pytest.approx(float(coh_ref), abs=1e-5)
+    assert float(coup) == pytest.approx(float(coup_ref), abs=1e-5)
+    coh10, coup10 = W.pair_similarity_terms(W.stack_gates(gates), y, num_classes=10)  # unused classes change nothing
+    assert float(coh10) == pytest.approx(float(coh), abs=1e-6) and float(coup10) == pytest.approx(float(coup), abs=1e-6)
+
+
 def test_jaccard_gemm_matches_circular_shift_reference():
     torch.manual_seed(0)
     b = torch.rand(9, 40) > 0.5
