@@ -27,18 +27,18 @@
 
 # %% tags=["parameters"]
 profile = "quick"          # smoke | quick | paper (set by the runner)
-arch = "resnet20"         # zoo architecture to train modular (vgg16, resnet18, resnet20, simcnn, rescnn, tv:resnet18 ...)
-width = 0.5                # width multiplier
+arch = "vgg16"            # zoo architecture to train modular (vgg16, resnet18, resnet20, simcnn, rescnn, tv:resnet18 ...)
+width = 0.25               # width multiplier
 dataset = "fashion-mnist"  # data set name
 per_class = 1000           # training images per class (None: all)
 test_per_class = 300       # test images per class (None: all)
 alpha = 0.5                # weight of the cohesion loss
-beta = 4.0                 # weight of the coupling loss (published: 1.5)
-epochs = 6                 # training epochs of each model (from the standard model, the modular one trains this many more)
+beta = 6.0                 # weight of the coupling loss (published: 1.5)
+epochs = 8                 # training epochs of each model (from the standard model, the modular one trains this many more)
 init_from = "standard"     # scratch (published) | standard: the modular model starts from the trained standard model
 lr = 0.05                  # learning rate of network and gates (SGD, Nesterov momentum 0.9)
 batch_size = 128           # batch size
-augment = True             # random crop + flip while training
+augment = False            # random crop + flip while training (published: True)
 subtasks = [[0, 1], [2, 4, 6], [5, 7, 9], [1, 3, 8, 9]]  # sub-tasks (lists of class ids)
 threshold = 0.9            # θ of the frequency rule
 on_empty = "lower"         # a layer left empty: lower | top1 | raise
