@@ -12,9 +12,15 @@ from .plots import PALETTE, layer_class_heatmap
 
 
 def training_figure(results: Mapping) -> plt.Figure:
-    """Loss terms, validation accuracy and kernel rate per epoch: modular vs standard training."""
+    """Loss terms, validation accuracy and kernel rate per epoch: modular vs standard training.
+
+    With ``results["init_from"] == "standard"`` the modular model's epochs are drawn after the
+    standard model's, where its training starts, and a dotted line marks the hand-over.
+    """
     mod, std = results["history_modular"], results["history_standard"]
-    ep_m, ep_s = [h["epoch"] for h in mod], [h["epoch"] for h in std]
+    continued = results.get("init_from") == "standard"
+    offset = len(std) if continued else 0
+    ep_m, ep_s = [h["epoch"] + offset for h in mod], [h["epoch"] for h in std]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     ax = axes[0]
     ax.plot(ep_m, [h["train_loss"] for h in mod], "o-", color=PALETTE["module"], label="modular: total loss")
@@ -32,6 +38,11 @@ def training_figure(results: Mapping) -> plt.Figure:
     ax.plot(ep_m, [h["kernel_rate"] for h in mod], "o-", color=PALETTE["module"])
     ax.set(xlabel="epoch", ylabel="fraction of gates > 0 (per sample)", title="kernel rate during training",
            ylim=(0, 1.05))
+    if continued:
+        for ax in axes:
+            ax.axvline(offset + 0.5, color=PALETTE["muted"], ls=":", lw=1)
+        axes[1].annotate("modular training starts\nfrom the standard model", (offset + 0.6, 0.05), fontsize=8,
+                         color=PALETTE["muted"])
     fig.suptitle(f"MwT on {results['arch']} / {results['dataset']}: modular test accuracy "
                  f"{results['accuracy_modular']:.1%}, standard {results['accuracy_standard']:.1%}", fontsize=11)
     fig.tight_layout()

@@ -91,7 +91,7 @@ print(f"modular {accuracy_modular:.3f} ({per_epoch(record_modular):.1f} s/epoch)
 
 # %%
 results = {
-    "arch": arch, "dataset": dataset,
+    "arch": arch, "dataset": dataset, "init_from": init_from,
     "accuracy_modular": accuracy_modular, "accuracy_standard": accuracy_standard,
     "seconds_per_epoch_modular": per_epoch(record_modular), "seconds_per_epoch_standard": per_epoch(record_standard),
     "kernel_rate_final": record_modular["history"][-1]["kernel_rate"],

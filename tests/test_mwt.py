@@ -183,3 +183,20 @@ def test_an_empty_residual_branch_is_bypassed_and_a_plain_one_is_not(tmp_path):
         W.module_masks(stats, 0.9, "lower")
     u, dec = W.module_masks(stats, 0.9, "top1")
     assert dec[0]["policy"] == "top1" and u[0, 2:].sum() == 1
+
+
+def test_training_figure_draws_a_continued_modular_model_after_the_standard_one():
+    import matplotlib
+    matplotlib.use("Agg")
+    from modtools import mwt_plots
+
+    row = {"train_loss": 1.0, "cohesion_loss": 0.1, "coupling_loss": 0.5, "val_accuracy": 0.8, "kernel_rate": 0.6}
+    results = {"arch": "vgg16", "dataset": "fashion-mnist", "accuracy_modular": 0.8, "accuracy_standard": 0.8,
+               "history_modular": [{"epoch": e, **row} for e in (1, 2)],
+               "history_standard": [{"epoch": e, "train_loss": 1.0, "val_accuracy": 0.7} for e in (1, 2, 3)]}
+    for init_from, first in (("scratch", 1), ("standard", 4)):
+        fig = mwt_plots.training_figure({**results, "init_from": init_from})
+        modular_line = fig.axes[2].get_lines()[0]          # the kernel-rate panel draws only the modular model
+        assert list(modular_line.get_xdata()) == [first, first + 1]
+        assert (len(fig.axes[1].get_lines()) == 3) == (init_from == "standard")   # the hand-over line
+        matplotlib.pyplot.close(fig)
