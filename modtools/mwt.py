@@ -225,7 +225,6 @@ def mwt_loss(alpha: float = 0.5, beta: float = 1.5, warmup_steps: int = 0):
     With ``warmup_steps``, β grows linearly from 0 to its value over that many training steps.
     """
     calls = [0]
-    widths: list[torch.Tensor] = []
 
     def extra(model: GatedModel, x, y, logits):
         gates = [model.gates.last[layer.name] for layer in model.layers]
@@ -234,9 +233,8 @@ def mwt_loss(alpha: float = 0.5, beta: float = 1.5, warmup_steps: int = 0):
         ramp = min(1.0, (calls[0] + 1) / warmup_steps) if warmup_steps else 1.0
         calls[0] += 1
         with torch.no_grad():
-            if not widths:
-                widths.append(torch.tensor([g.shape[1] for g in gates], dtype=torch.float32, device=stacked.device))
-            rate = ((stacked > 0).sum(dim=(1, 2)).float() / (widths[0] * stacked.shape[1])).mean()
+            widths = torch.tensor([g.shape[1] for g in gates], dtype=torch.float32, device=stacked.device)
+            rate = ((stacked > 0).sum(dim=(1, 2)).float() / (widths * stacked.shape[1])).mean()   # per layer, then mean
         return alpha * coh + ramp * beta * coup, {"cohesion_loss": float(coh.detach()),
                                                   "coupling_loss": float(coup.detach()), "kernel_rate": float(rate)}
     return extra

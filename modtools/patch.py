@@ -1,11 +1,11 @@
 """Patching a weak model's weak class with a module of a strong model (CNNSplitter, spec §7).
 
 The weak model's own probability of the target class (TC) is discarded and replaced by the
-module's TC score, min–max normalised on the TC's validation samples (published; or, as a toolkit
-option, a Platt probability fitted on the TC's and the other classes' validation samples); the
-prediction is the argmax of the weak model's other probabilities and that score. There is no threshold. Any module whose
-task names the TC works: CNNSplitter's own-class logit, GradSplitter's detector score, an MwT or
-SeaM module's output for that class.
+module's TC score, min–max normalised on the TC's validation samples; the prediction is the argmax
+of the weak model's other probabilities and that score, with no threshold (published). As a toolkit
+option, a Platt probability fitted on the TC's and the other classes' validation samples decides
+"TC or not" at ½ instead. Any module whose task names the TC works: CNNSplitter's own-class logit,
+GradSplitter's detector score, an MwT or SeaM module's output for that class.
 
 Weak models are described by a :class:`modtools.train.ModelSpec` on a task that contains the TC
 (:func:`weak_specs` makes the three kinds the paper uses: too simple, overfitting, underfitting).
