@@ -230,6 +230,7 @@ def _register_builtin() -> None:
     from .cnnsplitter import CNNSplitterConfig
     from .gradsplitter import GradSplitterConfig
     from .mwt import ON_EMPTY, MwTConfig
+    from .precision import PRECISIONS
     from .seam import SeaMConfig
 
     register_approach(Approach(
@@ -241,39 +242,41 @@ def _register_builtin() -> None:
         "gradsplitter", "GradSplitter", GradSplitterConfig, _run_gradsplitter, per_class=True,
         summary="Gradient-based kernel masks, one module per class; a module detects its class.",
         params=("first_head_epochs", "cycle_epochs", "cycle_mask", "cycle_head", "alpha", "lr_mask", "lr_head",
-                "batch_size", "select", "seed"),
+                "batch_size", "select", "precision", "seed"),
         bounds={"first_head_epochs": (0, 1000), "cycle_epochs": (0, 10000), "cycle_mask": (0, 100),
                 "cycle_head": (0, 100), "alpha": (0.0, 10.0), "lr_mask": (1e-6, 1.0), "lr_head": (1e-6, 1.0),
                 "batch_size": (1, 4096)},
-        choices={"select": ("composed", "per_module")},
-        quick={"first_head_epochs": 1, "cycle_epochs": 3, "cycle_mask": 2, "cycle_head": 1}))
+        choices={"select": ("composed", "per_module"), "precision": PRECISIONS},
+        quick={"first_head_epochs": 1, "cycle_epochs": 3, "cycle_mask": 2, "cycle_head": 1, "precision": "auto"}))
     register_approach(Approach(
         "cnnsplitter", "CNNSplitter", CNNSplitterConfig, _run_cnnsplitter, per_class=True,
         summary="Genetic search for each class's kernels; modules patch weak models.",
         params=("population", "generations", "parents_mating", "keep_parents", "mutation_percent", "alpha",
-                "confidence", "confidence_fallback", "sensitivity_tolerance", "seed"),
+                "confidence", "confidence_fallback", "sensitivity_tolerance", "precision", "seed"),
         bounds={"population": (2, 10000), "generations": (0, 10000), "parents_mating": (1, 10000),
                 "keep_parents": (0, 9999), "mutation_percent": (0.0, 100.0), "alpha": (0.0, 1.0),
                 "confidence": (0.0, 1.0), "sensitivity_tolerance": (0.0, 1.0)},
-        choices={"confidence_fallback": tuple(CONFIDENCE_FALLBACKS)},
-        quick={"population": 8, "generations": 2, "parents_mating": 4, "keep_parents": 2,
+        choices={"confidence_fallback": tuple(CONFIDENCE_FALLBACKS), "precision": PRECISIONS},
+        quick={"precision": "auto", "population": 8, "generations": 2, "parents_mating": 4, "keep_parents": 2,
                "confidence": 0.6, "confidence_fallback": "all", "sensitivity_tolerance": 0.03,
                "sensitivity_grid": [0.25, 0.5, 0.75]}))
     register_approach(Approach(
         "seam", "SeaM", SeaMConfig, _run_seam, retention="WRR",
         summary="Weight masks for a binary or multi-class target problem, with a new head.",
-        params=("epochs", "lr_mask", "lr_head", "alpha", "batch_size", "steps_per_epoch", "kernel_level", "seed"),
+        params=("epochs", "lr_mask", "lr_head", "alpha", "batch_size", "steps_per_epoch", "kernel_level", "precision",
+                "seed"),
         bounds={"epochs": (1, 10000), "lr_mask": (1e-6, 10.0), "lr_head": (1e-6, 10.0), "alpha": (0.0, 100.0),
                 "batch_size": (1, 4096), "steps_per_epoch": (1, 100000)},
-        quick={"epochs": 3, "steps_per_epoch": 20}))
+        choices={"precision": PRECISIONS}, quick={"epochs": 3, "steps_per_epoch": 20, "precision": "auto"}))
     register_approach(Approach(
         "mwt", "MwT (modular training)", MwTConfig, _run_mwt,
         summary="Trains its own gated model (same architecture and data), then cuts the module at a threshold.",
         params=("epochs", "alpha", "beta", "lr", "batch_size", "threshold", "on_empty", "finetune_epochs", "augment",
-                "seed"),
+                "precision", "seed"),
         bounds={"epochs": (1, 10000), "alpha": (0.0, 100.0), "beta": (0.0, 100.0), "lr": (1e-6, 10.0),
                 "batch_size": (1, 4096), "threshold": (0.01, 1.0), "finetune_epochs": (0, 1000)},
-        choices={"on_empty": tuple(ON_EMPTY)}, quick={"epochs": 2, "finetune_epochs": 1}, min_classes=2,
+        choices={"on_empty": tuple(ON_EMPTY), "precision": PRECISIONS},
+        quick={"epochs": 2, "finetune_epochs": 1, "precision": "auto"}, min_classes=2,
         own_model=True))
 
 

@@ -57,6 +57,7 @@ from .cnnsplitter_eval import (Evaluator, _audit_halving, _own, composed_accurac
                                promising, ranked, ratios_from_sensitivity, stratified_slice)
 from .masks import batched_forward
 from .module import Module
+from .precision import check_precision, strip_default
 from .train import resolve_device, seed_everything
 
 EVAL_MODES = ("auto", "masked", "rebuild")
@@ -96,8 +97,10 @@ class CNNSplitterConfig:
     halving_audit: bool = False            # also score every candidate on all images, to count the parents
     #                                        halving changes (for measuring it; costs the full evaluation)
     seed: int = 0
+    precision: str = "fp32"                # fp32 | bf16 | auto: candidate evaluation (modtools.precision)
 
     def __post_init__(self) -> None:
+        check_precision(self.precision)
         self.acc_thresholds = {int(k): float(v) for k, v in self.acc_thresholds.items()}
         for name in ("population", "parents_mating"):
             check_range(name, getattr(self, name), getattr(self, name) >= 1, "an integer >= 1")
@@ -287,7 +290,7 @@ def _check_resumable(saved: dict, now: dict, folder: Path) -> None:
 def checkpoint_folder(cache: str | Path, model_key: str, cfg: CNNSplitterConfig, **data) -> Path:
     """A checkpoint folder for a model and the settings a resume may not change (plus ``data``, e.g. the
     validation sizes): later calls with more generations go on from it, calls with the same settings reuse it."""
-    fixed = {k: v for k, v in asdict(cfg).items() if k not in RESUMABLE_CHANGES}
+    fixed = strip_default({k: v for k, v in asdict(cfg).items() if k not in RESUMABLE_CHANGES})
     return Path(cache) / model_key / f"cnnsplitter-{config_hash({**fixed, **data})}"
 
 
@@ -440,7 +443,8 @@ def prepare_search(params: dict, cache: str | Path, device: str = "auto") -> Sea
     seed = params["seed"]
     spec = T.ModelSpec(arch=params["arch"], width=params["width"], dataset=params["dataset"],
                        per_class=params["per_class"], test_per_class=params["test_per_class"], data_seed=seed,
-                       fit=T.FitConfig(epochs=params["epochs"], lr=params["lr"], augment=params["augment"], seed=seed))
+                       fit=T.FitConfig(epochs=params["epochs"], lr=params["lr"], augment=params["augment"], seed=seed,
+                                       precision=params.get("precision", "fp32")))
     data = T.spec_data(spec)
     model, record = T.train_cached(spec, cache=cache, device=device, data=data)
     search_val = D.limit_per_class(data.val, params["search_val_per_class"], seed=seed)

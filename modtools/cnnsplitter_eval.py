@@ -17,6 +17,7 @@ from .cnnsplitter_fitness import cooperative_fitness
 from .errors import MaskShapeError
 from .extract import extract
 from .masks import batched_forward, channels_last_on_cpu
+from .precision import autocast
 
 if TYPE_CHECKING:
     from .cnnsplitter import CNNSplitterConfig, Encoding
@@ -59,12 +60,12 @@ class Evaluator:
         x = self.x if x is None else x
         p = next(iter(masks.values())).shape[0]
         out = []
-        with channels_last_on_cpu(self.model, self.device):
+        with channels_last_on_cpu(self.model, self.device), autocast(self.cfg.precision, self.device):
             for a in range(0, p, self.cfg.chunk):
                 sub = {k: v[a:a + self.cfg.chunk].to(self.device) for k, v in masks.items()}
                 parts = [batched_forward(self.model, x[s:s + 256], sub, self.layers, share_first=True)[:, :, c]
                          for s in range(0, len(x), 256)]
-                out.append(torch.cat(parts, dim=1).cpu())
+                out.append(torch.cat(parts, dim=1).float().cpu())
         return torch.cat(out)
 
     @torch.no_grad()
@@ -77,7 +78,8 @@ class Evaluator:
             net, _ = extract(self.model, {k: v[i] for k, v in masks.items()}, on_empty="keep_one",
                              image_size=int(self.x.shape[-1]), verify=False)
             net.to(self.device)
-            rows.append(torch.cat([net(x[s:s + 256])[:, c] for s in range(0, len(x), 256)]).cpu())
+            with autocast(self.cfg.precision, self.device):
+                rows.append(torch.cat([net(x[s:s + 256])[:, c] for s in range(0, len(x), 256)]).float().cpu())
         return torch.stack(rows)
 
     def _run(self, c: int, masks: dict[str, torch.Tensor], rows: list[int], x: torch.Tensor) -> torch.Tensor:

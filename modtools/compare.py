@@ -105,6 +105,9 @@ def compare_row(approach: str, arch: str, model: nn.Module, data: SpecData, clas
                 "note": f"{a.title} reuses modules for groups of {a.min_classes} or more classes"}
     params = {**(a.quick if cfg.quick_settings else {}), **cfg.approach_params.get(approach, {})}
     caps = {k: params.pop(k) for k in DATA_CAPS if k in params}
+    if spec is not None and "precision" not in cfg.approach_params.get(approach, {}) and \
+            "precision" in {f.name for f in dataclasses.fields(a.config)}:
+        params["precision"] = spec.fit.precision     # every approach computes as its model was trained
     if a.own_model and spec is not None and "epochs" not in cfg.approach_params.get(approach, {}):
         params["epochs"] = spec.fit.epochs          # the same training budget as the standard model
     conf = make_config(approach, params)

@@ -49,6 +49,7 @@ from .io import atomic_write_json, config_hash, load_tensors, read_json, save_te
 from .masks import MaskableLayer, batched_forward, binarize_ste, channels_last_on_cpu, find_maskable_layers
 from .metrics import classification_report
 from .module import Module
+from .precision import autocast, check_precision, strip_default
 from .train import predict, resolve_device, seed_everything
 
 PHASES = ("head", "mask")
@@ -91,6 +92,7 @@ class GradSplitterConfig:
     refit_head_epochs: int = 0     # after selection, re-fit the heads on the selected masks (0: no, as published)
     refit_lr: float = 0.01         # Adam lr of that re-fit
     seed: int = 1
+    precision: str = "fp32"        # fp32 | bf16 | auto: the search loop's arithmetic (modtools.precision)
     schedule: str = "paper"        # a label for the settings above
 
     @classmethod
@@ -101,6 +103,7 @@ class GradSplitterConfig:
         return cls(**{**SCHEDULES[schedule], "schedule": schedule, **overrides})
 
     def __post_init__(self) -> None:
+        check_precision(self.precision)
         if self.init not in INITS:
             raise ValueError(f"init={self.init!r} is not allowed; use one of {INITS}")
         if self.head_phase not in HEAD_PHASES:
@@ -229,7 +232,7 @@ class GradSplitter:
         masks = {k: v.float().to(self.device) for k, v in (masks or self.binary_masks()).items()}
         if modules is not None:
             masks = {k: v[modules.to(v.device)] for k, v in masks.items()}
-        outs = [self.module_logits(x.to(self.device), masks).cpu() for x, _ in D.TensorLoader(ds, batch_size)]
+        outs = [self.module_logits(x.to(self.device), masks).float().cpu() for x, _ in D.TensorLoader(ds, batch_size)]
         return torch.cat(outs, dim=1)
 
     def mask_bits(self) -> torch.Tensor:
@@ -325,7 +328,7 @@ class GradSplitter:
                 loss = self._head_epoch(loader, opt, features)
             val_logits = self.cached_logits(val, val_cache)   # modules whose masks did not move are reused
             with torch.no_grad():
-                val_scores = self.heads(val_logits.to(self.device)).cpu()
+                val_scores = self.heads(val_logits.to(self.device)).float().cpu()
             row = {"epoch": epoch + 1, "phase": phase, "loss": loss,
                    "val_accuracy": float((val_scores.argmax(1) == val.labels).float().mean()),
                    "krr": float(self.kept_rate().detach()), "seconds": time.perf_counter() - t0}
@@ -448,7 +451,7 @@ def decompose(model: nn.Module, train: D.ImageDataset, val: D.ImageDataset, cfg:
                 return _load_result(folder)
             except (CheckpointError, KeyError, TypeError, ValueError):
                 pass                            # unreadable or from older code: search again, overwrite it
-    with channels_last_on_cpu(model, dev):
+    with channels_last_on_cpu(model, dev), autocast(cfg.precision, dev):
         splitter = GradSplitter(model, train.num_classes, cfg, train.shape, dev)
         try:
             result = splitter.run(train, val, progress)
@@ -463,7 +466,7 @@ def decompose(model: nn.Module, train: D.ImageDataset, val: D.ImageDataset, cfg:
 def search_cache_folder(cache: str | os.PathLike, model: nn.Module, train: D.ImageDataset, val: D.ImageDataset,
                         cfg: GradSplitterConfig, device: torch.device) -> Path:
     """Where :func:`decompose` keeps the search of ``model`` on ``train``/``val`` with ``cfg``."""
-    settings = {k: v for k, v in asdict(cfg).items() if k != "schedule"}
+    settings = strip_default({k: v for k, v in asdict(cfg).items() if k != "schedule"})
     key = config_hash({"settings": settings, "model": state_hash(model), "train": train.fingerprint(),
                        "val": val.fingerprint(), "device": torch.device(device).type}, 16)
     return Path(cache) / "gradsplitter" / key

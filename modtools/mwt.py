@@ -26,6 +26,7 @@ from .errors import EmptyMaskError, check_classes, check_range
 from .masks import InputGates, MaskableLayer, bypassable_layers, find_maskable_layers
 from .models import build_model
 from .module import Module
+from .precision import check_precision
 from .train import (FitConfig, ModelSpec, SpecData, fit, predict, resolve_device, seed_everything, spec_data,
                     train_cached)
 
@@ -58,8 +59,10 @@ class MwTConfig:
     coupling_warmup: float = 0.0  # epochs over which β ramps linearly from 0 (published: 0, β from the start)
     detach_gate_input: bool = False  # no gradient from the gates into the backbone through their input (published: False)
     seed: int = 0
+    precision: str = "fp32"       # fp32 | bf16 | auto: training and fine-tuning arithmetic (modtools.precision)
 
     def __post_init__(self) -> None:
+        check_precision(self.precision)
         if self.on_empty not in ON_EMPTY:
             raise ValueError(f"on_empty={self.on_empty!r} is not allowed; use one of {ON_EMPTY}")
         if not 0.0 < self.threshold <= 1.0:
@@ -78,7 +81,7 @@ class MwTConfig:
     def fit_config(self) -> FitConfig:
         return FitConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, momentum=0.9, nesterov=True,
                          weight_decay=self.weight_decay, schedule="cosine", augment=self.augment,
-                         select_best=False, seed=self.seed)
+                         select_best=False, seed=self.seed, precision=self.precision)
 
     def spec(self, modular: bool) -> ModelSpec:
         """The model spec of the modular (gated) or the standard model; both share data and recipe."""
@@ -201,7 +204,7 @@ def pair_similarity_terms(stacked: torch.Tensor, labels: torch.Tensor,
     give the same-class total, and the sum over the whole batch gives all pairs; the different-class
     total is their difference. Cost O(L·B·C) instead of O(L·B²·C).
     """
-    g = F.normalize(stacked, p=2, dim=2)                       # L × B × C; zero rows stay zero
+    g = F.normalize(stacked.float(), p=2, dim=2)               # L × B × C (float32 under autocast); zero rows stay zero
     if num_classes is None:
         num_classes = int(labels.max()) + 1 if labels.numel() else 1
     onehot = F.one_hot(labels, num_classes).to(g.dtype)        # B × K
@@ -440,7 +443,8 @@ def subtask_module(model: GatedModel, stats: GateStats, u: torch.Tensor, classes
     report = {"classes": classes, "krr": float(union.float().mean()),
               "accuracy_before_finetune": acc(test_t), "val_accuracy_before_finetune": acc(val_t)}
     ft = FitConfig(epochs=cfg.finetune_epochs, batch_size=cfg.batch_size, lr=cfg.finetune_lr, momentum=0.9,
-                   nesterov=True, weight_decay=cfg.weight_decay, augment=cfg.augment, select_best=True, seed=cfg.seed)
+                   nesterov=True, weight_decay=cfg.weight_decay, augment=cfg.augment, select_best=True, seed=cfg.seed,
+                   precision=cfg.precision)
     if cfg.finetune_epochs > 0:
         t0 = time.perf_counter()
         report["finetune_history"] = fit(net, train_t, val_t, ft, device=device, progress=progress)

@@ -221,7 +221,7 @@ def weak_specs(strong: ModelSpec, classes: Sequence[int], per_class: int | None 
     """
     base = replace(strong, classes=list(classes), per_class=per_class, dirichlet_alpha=None, variant={})
     poor = FitConfig(epochs=overfit_epochs, batch_size=batch_size, lr=lr, momentum=0.0, weight_decay=0.0,
-                     schedule="constant", augment=False, select_best=False, seed=seed)
+                     schedule="constant", augment=False, select_best=False, seed=seed, precision=strong.fit.precision)
     return {
         "simple": replace(base, arch=simple_arch, width=simple_width, arch_kwargs={},
                           fit=replace(poor, epochs=simple_epochs, lr=simple_lr, momentum=0.9, weight_decay=1e-4)),

@@ -150,6 +150,11 @@ PROFILE_VALUES.update({
     },
 })
 
+# The published settings compute in float32 (the quick profile's "auto" uses bfloat16 where it is fast).
+for _notebook, _values in PROFILE_VALUES.items():
+    if _notebook != "90_module_foundry" and "paper" in _values:
+        _values["paper"] = {**_values["paper"], "precision": "fp32"}
+
 #: The config dataclasses each notebook builds from its parameters (same field names); the runner
 #: builds them before a kernel starts so that their range checks reject bad values early.
 NOTEBOOK_CONFIGS: dict[str, list[str]] = {

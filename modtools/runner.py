@@ -23,7 +23,8 @@ from .errors import UnknownNameError
 from .io import atomic_write_json, read_json
 
 PROFILES = ("smoke", "quick", "paper")
-RUN_KEYS = ("notebook", "profile", "parameters", "seed", "device", "wall_seconds", "versions", "metrics")
+RUN_KEYS = ("notebook", "profile", "parameters", "seed", "device", "compute_precision", "wall_seconds", "versions",
+            "metrics")
 
 
 def repo_root() -> Path:
@@ -183,7 +184,8 @@ def write_results(run_dir: str | os.PathLike, notebook: str, parameters: Mapping
     """Called by a notebook: write ``results.json`` with the run's context and the notebook's metrics.
 
     Metrics appear at the top level (e.g. ``results["accuracy_model"]``) and their names are
-    listed under ``"metrics"``. Accuracies and rates are fractions; times are seconds.
+    listed under ``"metrics"``. Accuracies and rates are fractions; times are seconds. With a
+    ``precision`` parameter, ``compute_precision`` says what it meant on the device (fp32 or bf16).
     """
     clash = sorted(set(metrics) & set(RUN_KEYS))
     if clash:
@@ -192,5 +194,8 @@ def write_results(run_dir: str | os.PathLike, notebook: str, parameters: Mapping
     results = {"notebook": notebook, "profile": parameters.get("profile", "quick"), "parameters": params,
                "seed": seed if seed is not None else parameters.get("seed"), "device": str(device),
                "wall_seconds": None, "versions": package_versions(), "metrics": sorted(metrics)}
+    if "precision" in parameters:   # what the notebook's precision meant on this device (modtools.precision)
+        from .precision import resolved
+        results["compute_precision"] = resolved(parameters["precision"], str(device).split(":")[0])
     results.update(metrics)
     return atomic_write_json(Path(run_dir) / "results.json", results)

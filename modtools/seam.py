@@ -41,6 +41,7 @@ from . import data as D
 from .errors import InvalidClassError, UnknownNameError, check_classes, check_range
 from .masks import ChannelGating, WeightMasks, binarize_ste, find_maskable_layers
 from .module import Module
+from .precision import autocast, check_precision
 from .train import adam, predict, resolve_device, seed_everything
 
 #: Named class groups of Fashion-MNIST (multi-class target problems).
@@ -69,8 +70,10 @@ class SeaMConfig:
     early_stop: int = -1           # stop after this many accepted-then-failing epochs (-1: never, published)
     select_tolerance: float = 0.0  # accept epochs within this of the original's validation accuracy (published: 0)
     seed: int = 0
+    precision: str = "fp32"        # fp32 | bf16 | auto: the loop's arithmetic (modtools.precision)
 
     def __post_init__(self) -> None:
+        check_precision(self.precision)
         check_range("alpha", self.alpha, self.alpha >= 0, "a number >= 0")
         for name in ("lr_mask", "lr_head"):
             check_range(name, getattr(self, name), getattr(self, name) > 0, "a number > 0")
@@ -393,9 +396,10 @@ def reengineer(model: nn.Module, problem: TargetProblem, train: D.ImageDataset, 
     """Re-engineer ``model`` for ``problem``; ``train``/``val`` are the problem's samples
     (:meth:`TargetProblem.data`). The model is not changed."""
     cfg = cfg or SeaMConfig()
-    acc_pre = original_accuracy(model, problem, val, device=device)
-    engine = Reengineer(model, problem, cfg, train.shape, device)
-    return engine.run(train, val, acc_pre, progress)
+    with autocast(cfg.precision, resolve_device(device)):   # the original's accuracy in the loop's arithmetic
+        acc_pre = original_accuracy(model, problem, val, device=device)
+        engine = Reengineer(model, problem, cfg, train.shape, device)
+        return engine.run(train, val, acc_pre, progress)
 
 
 def stacked_problems(model: nn.Module, problems: int, init_value: float = 1.0,

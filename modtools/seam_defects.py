@@ -28,6 +28,7 @@ from . import attacks as A
 from . import data as D
 from .errors import UnsupportedModelError, check_range
 from .masks import WeightMasks
+from .precision import autocast, check_precision
 from .train import FitConfig, adam, fit, predict, resolve_device, seed_everything
 
 
@@ -48,8 +49,10 @@ class DefectConfig:
     attack_steps: int = 20
     attack_step_size: float = 0.01
     seed: int = 0
+    precision: str = "fp32"         # fp32 | bf16 | auto: fine-tuning and step 2 (the attacks stay fp32)
 
     def __post_init__(self) -> None:
+        check_precision(self.precision)
         for name in ("finetune_lr", "probe_lr", "lr_mask"):
             check_range(name, getattr(self, name), getattr(self, name) > 0, "a number > 0")
         check_range("alpha", self.alpha, self.alpha >= 0, "a number >= 0")
@@ -101,7 +104,8 @@ def _finetune(net: nn.Module, train: D.ImageDataset, val: D.ImageDataset, cfg: D
     groups = [{"params": [p for p in net.parameters() if id(p) not in head_ids], "lr": cfg.finetune_lr},
               {"params": list(head.parameters()), "lr": 10 * cfg.finetune_lr}]
     fc = FitConfig(epochs=cfg.finetune_epochs, batch_size=cfg.batch_size, lr=cfg.finetune_lr, momentum=0.9,
-                   weight_decay=1e-4, schedule="cosine", augment=False, select_best=True, seed=cfg.seed)
+                   weight_decay=1e-4, schedule="cosine", augment=False, select_best=True, seed=cfg.seed,
+                   precision=cfg.precision)
     fit(net, train, val, fc, device=device, progress=False, params=groups)
 
 
@@ -153,7 +157,8 @@ def reengineer_at_thresholds(model: nn.Module, train: D.ImageDataset, thresholds
         for x, y in loader:
             x, y = x.to(dev), y.to(dev)
             wrr = wm.retention()
-            loss = F.cross_entropy(net(x), y) + cfg.alpha * wrr
+            with autocast(cfg.precision, dev):
+                loss = F.cross_entropy(net(x), y) + cfg.alpha * wrr
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -186,7 +191,7 @@ def seam_finetune_sweep(source: nn.Module, train: D.ImageDataset, val: D.ImageDa
     head = last_linear(probe)[1]
     fit(probe, train, val, FitConfig(epochs=cfg.probe_epochs, batch_size=cfg.batch_size, lr=cfg.probe_lr,
                                      momentum=0.0, weight_decay=1e-4, schedule="constant", select_best=True,
-                                     seed=cfg.seed), device=dev, progress=False, params=list(head.parameters()))
+                                     seed=cfg.seed, precision=cfg.precision), device=dev, progress=False, params=list(head.parameters()))
     runs = reengineer_at_thresholds(probe, train, thresholds, cfg, dev)
     out = []
     for t in thresholds:

@@ -28,6 +28,7 @@ from . import data as D
 from .errors import check_range
 from .io import atomic_write_json, config_hash, load_tensors, read_json, save_tensors
 from .masks import channels_last_on_cpu
+from .precision import autocast, check_precision, resolved, strip_default
 from .models import build_model
 
 OPTIMIZERS = ("sgd", "adam")
@@ -73,8 +74,10 @@ class FitConfig:
     augment: bool = False
     select_best: bool = True
     seed: int = 0
+    precision: str = "fp32"   # fp32 | bf16 | auto (modtools.precision)
 
     def __post_init__(self) -> None:
+        check_precision(self.precision)
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer={self.optimizer!r} is not supported; use one of {OPTIMIZERS}")
         if self.schedule not in SCHEDULES:
@@ -175,11 +178,13 @@ def fit(model: nn.Module, train: D.ImageDataset, val: D.ImageDataset | None = No
         correct, seen = 0, 0
         for x, y in loader:
             x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-            logits = model(x)
-            loss = F.cross_entropy(logits, y)
+            with autocast(cfg.precision, dev):
+                logits = model(x)
+                loss = F.cross_entropy(logits, y)
+                if extra_loss is not None:
+                    term, parts = extra_loss(model, x, y, logits)
+                    loss = loss + term
             if extra_loss is not None:
-                term, parts = extra_loss(model, x, y, logits)
-                loss = loss + term
                 for k, v in parts.items():
                     sums[k] = sums.get(k, 0.0) + float(v) * len(y)
             opt.zero_grad(set_to_none=True)
@@ -244,7 +249,9 @@ class ModelSpec:
         return cls(**d)
 
     def key(self) -> str:
-        return f"{self.arch}-{config_hash(self.to_dict())}"
+        d = self.to_dict()
+        d["fit"] = strip_default(d["fit"])   # keys from before the precision field stay valid
+        return f"{self.arch}-{config_hash(d)}"
 
 
 @dataclass
@@ -309,6 +316,7 @@ def train_cached(spec: ModelSpec, cache: str | os.PathLike | None = None, device
     sha = save_tensors(w_path, model.state_dict(), {"spec": spec.key()})
     record = {"key": spec.key(), "spec": spec.to_dict(), "history": history, "train_seconds": seconds,
               "val_accuracy": max(h["val_accuracy"] for h in history), "test_accuracy": test_acc,
-              "weights_sha256": sha, "class_names": data.train.class_names, "cached": False}
+              "weights_sha256": sha, "class_names": data.train.class_names, "cached": False,
+              "precision": resolved(spec.fit.precision, resolve_device(device))}
     atomic_write_json(rec_path, record)
     return model.eval(), record

@@ -44,6 +44,7 @@ target_class = 0           # the class the module is built for
 keep_fraction = 0.8        # fraction of kernels kept per layer in the module
 sweep = [0.5, 0.6, 0.7, 0.8, 0.9, 1.0]  # kept fractions to compare
 latency_repeats = 20       # timed repeats per latency measurement
+precision = "auto"         # fp32 | bf16 | auto (bf16 mixed precision where the device computes it fast)
 seed = 0                   # every random choice flows from this seed
 save_to_store = True  # also save the modules into the store (run_dir/../store) for the Module Foundry
 device = "auto"            # auto | cpu | cuda
@@ -75,7 +76,7 @@ device_used = str(T.resolve_device(device))
 
 # %%
 spec = T.ModelSpec(arch=arch, width=width, dataset=dataset, per_class=per_class, test_per_class=test_per_class,
-                   data_seed=seed, fit=T.FitConfig(epochs=epochs, lr=lr, schedule=schedule,
+                   data_seed=seed, fit=T.FitConfig(precision=precision, epochs=epochs, lr=lr, schedule=schedule,
                                                    milestones=tuple(milestones), augment=augment, seed=seed))
 data = T.spec_data(spec)
 model, record = T.train_cached(spec, cache=run_dir.parent / "models", device=device, data=data)

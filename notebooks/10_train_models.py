@@ -41,6 +41,7 @@ lr = 0.05                  # learning rate (SGD, momentum 0.9)
 schedule = "cosine"        # cosine | step | constant
 milestones = []            # epochs where a step schedule divides the lr by 10
 augment = False            # random crop + flip while training
+precision = "auto"         # fp32 | bf16 | auto (bf16 mixed precision where the device computes it fast)
 seed = 0                   # every random choice flows from this seed
 device = "auto"            # auto | cpu | cuda
 run_dir = "../runs/10_train_models"  # results go here
@@ -69,7 +70,7 @@ data = None
 for arch in archs:
     spec = T.ModelSpec(arch=arch, width=width_overrides.get(arch, width), dataset=dataset, per_class=per_class,
                        test_per_class=test_per_class, data_seed=seed,
-                       fit=T.FitConfig(epochs=epochs, lr=lr, schedule=schedule, milestones=tuple(milestones),
+                       fit=T.FitConfig(precision=precision, epochs=epochs, lr=lr, schedule=schedule, milestones=tuple(milestones),
                                        augment=augment, seed=seed))
     data = data or T.spec_data(spec)
     model, record = T.train_cached(spec, cache=cache, device=device, data=data)

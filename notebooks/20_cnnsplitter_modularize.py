@@ -61,6 +61,7 @@ sensitivity_grid = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8]  # ratios of the sensitiv
 sensitivity_tolerance = 0.03  # the rule: smallest ratio within this of the unpruned composed accuracy
 eval_mode = "auto"         # auto | masked | rebuild (auto: the faster on this device, measured)
 patience = None            # stop after this many generations without a better ensemble (None: never)
+precision = "auto"         # fp32 | bf16 | auto (bf16 mixed precision where the device computes it fast)
 seed = 0                   # every random choice flows from this seed
 save_to_store = True  # also save the modules into the store (run_dir/../store) for the Module Foundry
 device = "auto"            # auto | cpu | cuda

@@ -79,6 +79,7 @@ gs_cycle_epochs = 8        # GradSplitter: mask/head cycle epochs
 gs_init_value = 0.05       # GradSplitter: initial mask score
 gs_lr_mask = 0.003         # GradSplitter: Adam lr of the masks
 gs_alpha = 0.5             # GradSplitter: weight of the kept-kernel rate
+precision = "auto"         # fp32 | bf16 | auto (bf16 mixed precision where the device computes it fast)
 seed = 0                   # every random choice flows from this seed
 device = "auto"            # auto | cpu | cuda
 run_dir = "../runs/21_cnnsplitter_patching"  # results go here

@@ -72,6 +72,7 @@ select_tolerance = 0.01    # selection: fewest kernels within this of the model'
 refit_head_epochs = 0      # re-fit the heads on the selected masks (0: no, as published)
 refit_lr = 0.01            # Adam lr of that re-fit
 batch_size = 64            # search batch size
+precision = "auto"         # fp32 | bf16 | auto (bf16 mixed precision where the device computes it fast)
 seed = 0                   # every random choice flows from this seed
 save_to_store = True  # also save the modules into the store (run_dir/../store) for the Module Foundry
 device = "auto"            # auto | cpu | cuda
@@ -91,7 +92,7 @@ from modtools.runner import config_from, current_parameters, write_results
 NOTEBOOK = "30_gradsplitter_modularize"
 params = current_parameters(globals(), NOTEBOOK)
 spec = T.ModelSpec(arch=arch, width=width, dataset=dataset, per_class=per_class, test_per_class=test_per_class,
-                   data_seed=seed, fit=T.FitConfig(epochs=epochs, lr=lr, schedule=schedule,
+                   data_seed=seed, fit=T.FitConfig(precision=precision, epochs=epochs, lr=lr, schedule=schedule,
                                                    milestones=tuple(milestones), augment=augment, seed=seed))
 data = T.spec_data(spec)
 model, record = T.train_cached(spec, cache=Path(run_dir).parent / "models", device=device, data=data)

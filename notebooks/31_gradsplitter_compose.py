@@ -65,6 +65,7 @@ refit_lr = 0.01            # Adam lr of the re-fits
 batch_size = 64            # search batch size
 calibrate = False          # calibrate module scores on the evaluation set before composing
 compose_refit_epochs = 30  # re-fit the composed heads on the evaluation set (0: raw scores, as published)
+precision = "auto"         # fp32 | bf16 | auto (bf16 mixed precision where the device computes it fast)
 seed = 0                   # every random choice flows from this seed
 device = "auto"            # auto | cpu | cuda
 run_dir = "../runs/31_gradsplitter_compose"  # results go here
@@ -83,7 +84,7 @@ from modtools.runner import config_from, current_parameters, write_results
 NOTEBOOK = "31_gradsplitter_compose"
 params = current_parameters(globals(), NOTEBOOK)
 cache = Path(run_dir).parent / "models"
-fit = T.FitConfig(epochs=epochs, lr=lr, schedule=schedule, milestones=tuple(milestones), augment=augment, seed=seed)
+fit = T.FitConfig(precision=precision, epochs=epochs, lr=lr, schedule=schedule, milestones=tuple(milestones), augment=augment, seed=seed)
 cfg = config_from(G.GradSplitterConfig, params, schedule=profile)
 test_all = T.spec_data(T.ModelSpec(arch=arch, width=width, dataset=dataset, per_class=per_class,
                                    test_per_class=test_per_class, data_seed=seed, fit=fit)).test

@@ -69,6 +69,7 @@ refit_head_epochs = 0      # re-fit each search's heads on its selected masks (0
 refit_lr = 0.01            # Adam lr of the re-fits
 batch_size = 64            # search batch size
 compose_refit_epochs = 30  # epochs re-fitting the composed heads on the task's training split (0: raw scores, as published)
+precision = "auto"         # fp32 | bf16 | auto (bf16 mixed precision where the device computes it fast)
 seed = 0                   # every random choice flows from this seed
 device = "auto"            # auto | cpu | cuda
 run_dir = "../runs/32_gradsplitter_new_task"  # results go here
@@ -88,7 +89,7 @@ from modtools.runner import config_from, current_parameters, write_results
 NOTEBOOK = "32_gradsplitter_new_task"
 params = current_parameters(globals(), NOTEBOOK)
 cache = Path(run_dir).parent / "models"
-fit = T.FitConfig(epochs=epochs, lr=lr, schedule=schedule, milestones=tuple(milestones), augment=augment, seed=seed)
+fit = T.FitConfig(precision=precision, epochs=epochs, lr=lr, schedule=schedule, milestones=tuple(milestones), augment=augment, seed=seed)
 cfg = config_from(G.GradSplitterConfig, params, schedule=profile)
 
 # %% [markdown]

@@ -58,6 +58,7 @@ init_from = "standard"     # scratch (published) | standard: the modular model s
 lr = 0.05                  # learning rate of network and gates (SGD, Nesterov momentum 0.9)
 batch_size = 128           # batch size
 augment = False            # random crop + flip while training (published: True)
+precision = "auto"         # fp32 | bf16 | auto (bf16 mixed precision where the device computes it fast)
 seed = 0                   # every random choice flows from this seed
 device = "auto"            # auto | cpu | cuda
 run_dir = "../runs/40_mwt_modular_training"  # results go here

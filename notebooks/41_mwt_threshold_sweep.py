@@ -46,6 +46,7 @@ threshold = 0.9            # θ of the heat map
 on_empty = "lower"         # a layer left empty: lower | top1 | raise
 subtask = [0, 1, 2]        # the sub-task of the reuse side
 finetune_epochs = 2        # fine-tuning epochs of each sub-task module
+precision = "auto"         # fp32 | bf16 | auto (bf16 mixed precision where the device computes it fast)
 seed = 0                   # every random choice flows from this seed
 device = "auto"            # auto | cpu | cuda
 run_dir = "../runs/41_mwt_threshold_sweep"  # results go here

@@ -44,6 +44,7 @@ threshold = 0.9            # θ of the frequency rule
 on_empty = "lower"         # a layer left empty: lower | top1 | raise
 finetune_epochs = 3        # fine-tuning epochs of each module (published: 10)
 latency_repeats = 20       # timed rounds (module and standard model alternately) per latency ratio
+precision = "auto"         # fp32 | bf16 | auto (bf16 mixed precision where the device computes it fast)
 seed = 0                   # every random choice flows from this seed
 save_to_store = True  # also save the modules into the store (run_dir/../store) for the Module Foundry
 device = "auto"            # auto | cpu | cuda

@@ -56,6 +56,7 @@ init_value = 1.0           # initial score of every weight (published: 1.0)
 kernel_level = False       # one score per kernel instead of per weight
 augment = False            # random crop + flip while re-engineering (published: True)
 steps_per_epoch = 20       # cap on mini-batches per epoch (None: the whole split)
+precision = "auto"         # fp32 | bf16 | auto (bf16 mixed precision where the device computes it fast)
 seed = 0                   # every random choice flows from this seed
 save_to_store = True  # also save the modules into the store (run_dir/../store) for the Module Foundry
 device = "auto"            # auto | cpu | cuda
@@ -74,7 +75,7 @@ from modtools.runner import config_from, current_parameters, write_results
 NOTEBOOK = "50_seam_binary"
 params = current_parameters(globals(), NOTEBOOK)
 spec = T.ModelSpec(arch=arch, width=width, dataset=dataset, per_class=per_class, test_per_class=test_per_class,
-                   data_seed=seed, fit=T.FitConfig(epochs=model_epochs, batch_size=128, lr=model_lr, momentum=0.9,
+                   data_seed=seed, fit=T.FitConfig(precision=precision, epochs=model_epochs, batch_size=128, lr=model_lr, momentum=0.9,
                                                    nesterov=True, weight_decay=0.0, schedule="cosine", augment=True,
                                                    select_best=False, seed=seed))
 data = T.spec_data(spec)

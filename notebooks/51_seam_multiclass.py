@@ -59,6 +59,7 @@ kernel_level = False       # one score per kernel instead of per weight (the mai
 augment = False            # random crop + flip while re-engineering (published: True)
 steps_per_epoch = 20       # cap on mini-batches per epoch (None: the whole split)
 latency_repeats = 30       # timed repeats per latency measurement
+precision = "auto"         # fp32 | bf16 | auto (bf16 mixed precision where the device computes it fast)
 seed = 0                   # every random choice flows from this seed
 save_to_store = True  # also save the modules into the store (run_dir/../store) for the Module Foundry
 device = "auto"            # auto | cpu | cuda
@@ -78,7 +79,7 @@ from modtools.runner import config_from, current_parameters, write_results
 NOTEBOOK = "51_seam_multiclass"
 params = current_parameters(globals(), NOTEBOOK)
 spec = T.ModelSpec(arch=arch, width=width, dataset=dataset, per_class=per_class, test_per_class=test_per_class,
-                   data_seed=seed, fit=T.FitConfig(epochs=model_epochs, batch_size=128, lr=model_lr, momentum=0.9,
+                   data_seed=seed, fit=T.FitConfig(precision=precision, epochs=model_epochs, batch_size=128, lr=model_lr, momentum=0.9,
                                                    nesterov=True, weight_decay=0.0, schedule="cosine", augment=True,
                                                    select_best=False, seed=seed))
 data = T.spec_data(spec)

@@ -67,6 +67,7 @@ max_reengineer_epochs = 40 # SeaM step 2 stops at the threshold (checked every s
 eps = 0.1                  # L∞ budget of the attack, in [0, 1] input space
 attack_steps = 20          # PGD steps
 attack_step_size = 0.01    # PGD step size
+precision = "auto"         # fp32 | bf16 | auto (bf16 mixed precision where the device computes it fast)
 seed = 0                   # every random choice flows from this seed
 device = "auto"            # auto | cpu | cuda
 run_dir = "../runs/52_seam_defect_inheritance"  # results go here
@@ -89,7 +90,7 @@ if source == "imagenet":     # the published setting: torchvision's ImageNet wei
     model, record = M.pretrained(arch), {"test_accuracy": None}
 else:
     spec = T.ModelSpec(arch=arch, width=width, dataset=source, per_class=per_class, test_per_class=test_per_class,
-                       data_seed=seed, fit=T.FitConfig(epochs=model_epochs, batch_size=128, lr=model_lr, momentum=0.9,
+                       data_seed=seed, fit=T.FitConfig(precision=precision, epochs=model_epochs, batch_size=128, lr=model_lr, momentum=0.9,
                                                        nesterov=True, weight_decay=0.0, schedule="cosine",
                                                        augment=True, select_best=False, seed=seed))
     model, record = T.train_cached(spec, cache=Path(run_dir).parent / "models", device=device)

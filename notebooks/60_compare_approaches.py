@@ -61,6 +61,7 @@ quick_settings = True      # start from the registry quick CPU settings (False: 
 search_per_class = 100     # training images per class the searches see (None: all)
 val_per_class = 50         # validation images per class that score the searches (None: all)
 latency_repeats = 20       # timed rounds (module and model alternately) per latency ratio
+precision = "auto"         # fp32 | bf16 | auto (bf16 mixed precision where the device computes it fast)
 seed = 0                   # every random choice flows from this seed
 device = "auto"            # auto | cpu | cuda
 run_dir = "../runs/60_compare_approaches"  # results go here
@@ -89,7 +90,7 @@ rows, models, memo = [], {}, {}
 for arch in archs:
     spec = T.ModelSpec(arch=arch, width=width_overrides.get(arch, width), dataset=dataset, per_class=per_class,
                        test_per_class=test_per_class, data_seed=seed,
-                       fit=T.FitConfig(epochs=epochs, lr=lr, schedule=schedule, milestones=tuple(milestones),
+                       fit=T.FitConfig(precision=precision, epochs=epochs, lr=lr, schedule=schedule, milestones=tuple(milestones),
                                        augment=augment, seed=seed))
     data = T.spec_data(spec)
     model, record = T.train_cached(spec, cache=cache, device=device, data=data)

@@ -65,7 +65,7 @@ def test_parameters_follow_the_approach_config(board):
     board.approach_pick.value = "seam"
     assert "epochs" in board._param_widgets and board._param_widgets["epochs"][1].value == 300
     click(board.widget, "mt-quick")
-    assert board.params() == {"epochs": 3, "steps_per_epoch": 20}
+    assert board.params() == {"epochs": 3, "steps_per_epoch": 20, "precision": "auto"}
     board.approach_pick.value = "gradsplitter"
     assert "cycle_epochs" in board._param_widgets and "epochs" not in board._param_widgets
 
