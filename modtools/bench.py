@@ -43,6 +43,7 @@ from .io import atomic_write_json
 from .masks import find_maskable_layers, random_masks
 from .metrics import MAC_UNIT, count_macs, measure_latency
 from .models import build_model
+from .precision import PRECISIONS, autocast, resolved
 from .train import adam
 
 ZOO = ["simcnn", "rescnn", "incecnn", "vgg16", "resnet18", "resnet20", "tv:resnet18"]
@@ -85,9 +86,9 @@ def bench_extract(archs=ZOO, fractions=(0.25, 0.5, 0.75), width: float = 1.0, im
             "share_meeting_target": sum(r["meets_target"] for r in rows) / len(rows)}
 
 
-def _step_seconds(runs: list[tuple[nn.Module, object]], x, y, steps: int) -> list[float]:
+def _step_seconds(runs: list[tuple[nn.Module, object]], x, y, steps: int, precision: str = "fp32") -> list[float]:
     """Median seconds of a training step for each ``(model, extra_loss)``, steps interleaved so
-    that drifts of the machine's speed affect every model alike."""
+    that drifts of the machine's speed affect every model alike; forward and loss in ``precision``."""
     import statistics
 
     import torch.nn.functional as F
@@ -98,10 +99,11 @@ def _step_seconds(runs: list[tuple[nn.Module, object]], x, y, steps: int) -> lis
         for k, ((model, extra), opt) in enumerate(zip(runs, opts)):
             model.train()
             t0 = time.perf_counter()
-            logits = model(x)
-            loss = F.cross_entropy(logits, y)
-            if extra is not None:
-                loss = loss + extra(model, x, y, logits)[0]
+            with autocast(precision, "cpu"):
+                logits = model(x)
+                loss = F.cross_entropy(logits, y)
+                if extra is not None:
+                    loss = loss + extra(model, x, y, logits)[0]
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -111,8 +113,10 @@ def _step_seconds(runs: list[tuple[nn.Module, object]], x, y, steps: int) -> lis
 
 
 def bench_mwt(arch: str = "resnet20", width: float = 1.0, batch_size: int = 128, steps: int = 10,
-              image_size: int = 32, train_size: int = 10_000, cohesion_samples: int = 2_000, seed: int = 0) -> dict:
-    """Measure MwT's training-step overhead, gate collection and cohesion cost (see the module docstring)."""
+              image_size: int = 32, train_size: int = 10_000, cohesion_samples: int = 2_000, seed: int = 0,
+              precision: str = "fp32") -> dict:
+    """Measure MwT's training-step overhead (both models' steps in ``precision``), gate collection and
+    cohesion cost (see the module docstring)."""
     import resource
 
     from . import data as D
@@ -124,7 +128,7 @@ def bench_mwt(arch: str = "resnet20", width: float = 1.0, batch_size: int = 128,
     standard = build_model(arch, num_classes=10, width=width)
     torch.manual_seed(seed)
     gated = W.GatedModel(build_model(arch, num_classes=10, width=width), image_size)
-    std_s, mod_s = _step_seconds([(standard, None), (gated, W.mwt_loss())], x, y, steps)
+    std_s, mod_s = _step_seconds([(standard, None), (gated, W.mwt_loss())], x, y, steps, precision)
     ds = D.synthetic(10, train_size // 10, image_size, 3, seed=seed)
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     stats = W.collect_gates(gated, ds, batch_size=256, device="cpu")
@@ -137,6 +141,7 @@ def bench_mwt(arch: str = "resnet20", width: float = 1.0, batch_size: int = 128,
     W.cohesion(one_class, torch.ones(1, stats.num_kernels, dtype=torch.bool))
     cohesion_s = time.perf_counter() - t0
     return {"benchmark": "mwt", "arch": arch, "width": width, "batch_size": batch_size,
+            "precision": resolved(precision, "cpu"),
             "threads": torch.get_num_threads(), "step_seconds_standard": std_s, "step_seconds_modular": mod_s,
             "step_ratio": mod_s / std_s, "target_step_ratio": 1.10, "meets_target": mod_s / std_s <= 1.10,
             "gated_kernels": stats.num_kernels, "modularization_samples": train_size,
@@ -146,12 +151,12 @@ def bench_mwt(arch: str = "resnet20", width: float = 1.0, batch_size: int = 128,
 
 
 def bench_seam(archs: tuple = (("resnet20", 1.0), ("vgg16", 0.5)), batch_size: int = 64, steps: int = 16,
-               image_size: int = 32, seed: int = 0, problems: int = 4) -> dict:
+               image_size: int = 32, seed: int = 0, problems: int = 4, precision: str = "fp32") -> dict:
     """SeaM: seconds per re-engineering step (masked forward, CE + α·WRR, backward into the scores,
     Adam) against a plain training step of the same model (SGD on all weights), interleaved, and the
     latency of the original, zeroed dense and extracted models for masks that keep 10 % of the weights,
-    and ``problems`` target problems re-engineered together against one after another.
-    Target: step ratio <= 1.0."""
+    and ``problems`` target problems re-engineered together against one after another. Both steps
+    compute in ``precision``. Target: step ratio <= 1.0."""
     import statistics
 
     import torch.nn.functional as F
@@ -175,12 +180,14 @@ def bench_seam(archs: tuple = (("resnet20", 1.0), ("vgg16", 0.5)), batch_size: i
         for i in range(steps + 2):
             t0 = time.perf_counter()
             plain.train()
-            loss = F.cross_entropy(plain(x), y)
+            with autocast(precision, "cpu"):
+                loss = F.cross_entropy(plain(x), y)
             opt_plain.zero_grad(set_to_none=True)
             loss.backward()
             opt_plain.step()
             t1 = time.perf_counter()
-            _reengineer_step(engine, opt_mask, x, yb)
+            with autocast(precision, "cpu"):
+                _reengineer_step(engine, opt_mask, x, yb)
             t2 = time.perf_counter()
             if i >= 2:
                 times["plain"].append(t1 - t0)
@@ -205,6 +212,7 @@ def bench_seam(archs: tuple = (("resnet20", 1.0), ("vgg16", 0.5)), batch_size: i
               f"extracted {costs['latency_ratio']:.2f}; {problems} problems in one vmapped step "
               f"{together['ratio']:.2f}x the sequential steps, keep {together['keep']}", flush=True)
     return {"benchmark": "seam", "batch_size": batch_size, "threads": torch.get_num_threads(), "target_step_ratio": 1.0,
+            "precision": resolved(precision, "cpu"),
             "device": "cpu", "rows": rows, "unit": MAC_UNIT}
 
 
@@ -267,13 +275,13 @@ def _seam_problems_together(source: nn.Module, problems: int, batch_size: int, i
 
 def bench_cnnsplitter(width: float = 0.25, image_size: int = 32, val_images: int = 200, population: int = 100,
                       generations: int = 1, baseline_candidates: int = 8, halving: float = 0.25,
-                      halving_keep: float = 0.5, seed: int = 0) -> dict:
+                      halving_keep: float = 0.5, seed: int = 0, precision: str = "fp32") -> dict:
     """CNNSplitter: candidates evaluated per second over whole generations of the search (masked or
     rebuilt, whichever the calibration picks; cached inputs; elites and duplicates never evaluated
     again), with and without successive halving, against the original's way, a module rebuilt per
     candidate and run over the same images with no cache; how often halving changes the selected
     parents (an audited generation); the recorder's (fitness) seconds per generation; peak memory.
-    Target ≥ 3×."""
+    Ours evaluates in ``precision``, the original's way in float32. Target ≥ 3×."""
     from dataclasses import replace
 
     from . import cnnsplitter as C
@@ -288,7 +296,8 @@ def bench_cnnsplitter(width: float = 0.25, image_size: int = 32, val_images: int
     layers = find_maskable_layers(model, torch.zeros(1, 3, image_size, image_size))
     ratios = {seg[0]: [0.5, 0.7, 0.9] for seg in C.coupled_segments(model, layers)}
     cfg = C.CNNSplitterConfig(population=population, generations=generations, parents_mating=population // 2,
-                              keep_parents=population // 5, ratios=ratios, confidence=0.0, seed=seed)
+                              keep_parents=population // 5, ratios=ratios, confidence=0.0, seed=seed,
+                              precision=precision)
     candidates = population * 10 * (generations + 1)
 
     def run(c):
@@ -300,18 +309,20 @@ def bench_cnnsplitter(width: float = 0.25, image_size: int = 32, val_images: int
     halved, peak_h, ours = run(halved_cfg)
     audited = C.search(model, val, val, replace(halved_cfg, generations=0, halving_audit=True), "cpu")
     changed = [h["halving_parents_changed"] for h in audited.history]
-    ev = C.Evaluator(model, layers, val, cfg, "cpu")
+    ev = C.Evaluator(model, layers, val, replace(cfg, precision="fp32"), "cpu")   # the original computes in float32
+    ours_ev = C.Evaluator(model, layers, val, cfg, "cpu")
     enc_masks = {layer.name: (torch.rand(baseline_candidates, layer.out_channels, generator=g) < 0.7).float()
                  for layer in layers}
     t0 = time.perf_counter()
     ev.rebuilt(0, enc_masks)   # the original's way: a rebuilt module per candidate, no cache
     rebuild_each = (time.perf_counter() - t0) / baseline_candidates
     t0 = time.perf_counter()
-    ev.masked(0, enc_masks)
+    ours_ev.masked(0, enc_masks)
     masked_each = (time.perf_counter() - t0) / baseline_candidates
     recorder = [h["seconds_fitness"] for h in halved.history]
     out = {"benchmark": "cnnsplitter", "arch": "simcnn", "width": width, "image_size": image_size,
            "val_images": val_images, "population": population, "classes": 10, "generations": generations + 1,
+           "precision": resolved(precision, "cpu"),
            "threads": torch.get_num_threads(), "candidates": candidates,
            "evaluated": halved.evaluation["evaluated"], "skipped_as_seen": halved.evaluation["cache_hits"],
            "chosen_mode": halved.evaluation.get("chosen"),
@@ -576,6 +587,8 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help="every benchmark in a few minutes: fewer models, repeats, steps and epochs "
                              "(ratios are rougher; the files record profile=quick)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="arithmetic of the MwT, SeaM and CNNSplitter loops (as the quick notebooks: auto)")
     parser.add_argument("--summary-only", action="store_true", help="only rebuild summary.json from the files")
     args = parser.parse_args(argv)
     out = Path(args.out)
@@ -603,19 +616,21 @@ def main(argv=None) -> int:
               f"reaches the paper's selection {reach} (target <= 1/3)")
     if args.only in (None, "mwt"):
         results = {**bench_mwt(args.mwt_arch, width=0.5 if q else 1.0, steps=3 if q else args.mwt_steps,
-                               train_size=1000 if q else args.mwt_train_size, cohesion_samples=500 if q else 2000),
+                               train_size=1000 if q else args.mwt_train_size, cohesion_samples=500 if q else 2000,
+                               precision=args.precision),
                    **tag}
         atomic_write_json(out / "mwt.json", results)
         print(f"wrote {out / 'mwt.json'}: step ratio {results['step_ratio']:.2f} (target <= 1.10), "
               f"gates of {results['modularization_samples']} samples in {results['modularization_seconds']:.1f} s, "
               f"cohesion of {results['cohesion_samples']} samples in {results['cohesion_seconds']:.2f} s")
     if args.only in (None, "cnnsplitter"):
-        results = {**(bench_cnnsplitter(population=20, val_images=100, baseline_candidates=4) if q
-                      else bench_cnnsplitter()), **tag}
+        results = {**(bench_cnnsplitter(population=20, val_images=100, baseline_candidates=4, precision=args.precision)
+                      if q else bench_cnnsplitter(precision=args.precision)), **tag}
         atomic_write_json(out / "cnnsplitter.json", results)
         print(f"wrote {out / 'cnnsplitter.json'}")
     if args.only in (None, "seam"):
-        results = {**(bench_seam(archs=(("resnet20", 0.5),), steps=3) if q else bench_seam()), **tag}
+        results = {**(bench_seam(archs=(("resnet20", 0.5),), steps=3, precision=args.precision) if q
+                      else bench_seam(precision=args.precision)), **tag}
         atomic_write_json(out / "seam.json", results)
         print(f"wrote {out / 'seam.json'}")
     return _summary(out)

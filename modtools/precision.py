@@ -57,7 +57,9 @@ def autocast(precision: str, device: str | torch.device):
     if resolved(precision, device) == "fp32":
         return contextlib.nullcontext()
     dev = torch.device(device)
-    return torch.autocast(device_type=dev.type, dtype=torch.bfloat16)
+    # no cast cache: a loop may update a weight inside one context (a whole search is one context),
+    # and a cached bfloat16 copy would go stale after the first optimiser step
+    return torch.autocast(device_type=dev.type, dtype=torch.bfloat16, cache_enabled=False)
 
 
 def strip_default(settings: dict) -> dict:

@@ -22,7 +22,8 @@ def test_bench_extract_writes_results(tmp_path):
 
 def test_bench_mwt_fields():
     results = bench.bench_mwt("resnet20", width=0.25, batch_size=8, steps=1, image_size=16, train_size=40,
-                              cohesion_samples=50)
+                              cohesion_samples=50, precision="bf16")
+    assert results["precision"] == "bf16"
     assert results["step_seconds_modular"] > 0 and results["step_seconds_standard"] > 0
     assert results["gated_kernels"] > 0 and results["modularization_samples"] == 40
     assert 0 <= results["krr_at_0.9"] <= 1 and results["cohesion_seconds"] >= 0
@@ -49,7 +50,8 @@ def test_bench_gradsplitter_fields():
 
 def test_bench_cnnsplitter_fields():
     r = bench.bench_cnnsplitter(width=0.125, image_size=16, val_images=20, population=4, generations=1,
-                                baseline_candidates=2)
+                                baseline_candidates=2, precision="bf16")
+    assert r["precision"] == "bf16"
     assert r["candidates"] == 4 * 10 * 2 and r["candidates_per_second"] > 0
     assert r["candidates_per_second_without_halving"] > 0 and r["original_seconds_per_candidate"] > 0
     h = r["successive_halving"]
@@ -86,8 +88,10 @@ def test_bench_summary_is_built_from_the_files_and_flags_misses(tmp_path):
 
 
 def test_bench_seam_fields_and_problems_together():
-    results = bench.bench_seam(archs=(("resnet20", 0.25),), batch_size=4, steps=1, image_size=16, problems=2)
+    results = bench.bench_seam(archs=(("resnet20", 0.25),), batch_size=4, steps=1, image_size=16, problems=2,
+                               precision="bf16")
     (row,) = results["rows"]
+    assert results["precision"] == "bf16"
     assert row["step_seconds_plain"] > 0 and row["step_ratio"] > 0
     together = row["problems_together"]
     assert together["problems"] == 2 and together["seconds_sequential"] > 0 and together["seconds_stacked"] > 0
