@@ -25,6 +25,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn as nn
 
+from .precision import check_precision
 from . import data as D
 from .approaches import Request, get_approach, list_approaches, make_config
 from .foundry import _source_on_task, _task, task_metrics
@@ -47,9 +48,12 @@ class CompareConfig:
     search_per_class: int | None = 300               # training images per class the searches see (None: all)
     val_per_class: int | None = 20                   # validation images per class that score the searches (None: all)
     latency_repeats: int = 20
+    approach_precision: str | None = None   # fp32 | bf16 | auto for every approach's loops (None: as the model was trained)
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.approach_precision is not None:
+            check_precision(self.approach_precision)
         for a in self.approaches:
             get_approach(a)   # unknown names fail here
         unknown = sorted(set(self.approach_params) - set(list_approaches()))
@@ -105,9 +109,12 @@ def compare_row(approach: str, arch: str, model: nn.Module, data: SpecData, clas
                 "note": f"{a.title} reuses modules for groups of {a.min_classes} or more classes"}
     params = {**(a.quick if cfg.quick_settings else {}), **cfg.approach_params.get(approach, {})}
     caps = {k: params.pop(k) for k in DATA_CAPS if k in params}
-    if spec is not None and "precision" not in cfg.approach_params.get(approach, {}) and \
+    if "precision" not in cfg.approach_params.get(approach, {}) and \
             "precision" in {f.name for f in dataclasses.fields(a.config)}:
-        params["precision"] = spec.fit.precision     # every approach computes as its model was trained
+        if cfg.approach_precision is not None:
+            params["precision"] = cfg.approach_precision
+        elif spec is not None:
+            params["precision"] = spec.fit.precision   # every approach computes as its model was trained
     if a.own_model and spec is not None and "epochs" not in cfg.approach_params.get(approach, {}):
         params["epochs"] = spec.fit.epochs          # the same training budget as the standard model
     conf = make_config(approach, params)

@@ -72,7 +72,7 @@ select_tolerance = 0.01    # selection: fewest kernels within this of the model'
 refit_head_epochs = 0      # re-fit the heads on the selected masks (0: no, as published)
 refit_lr = 0.01            # Adam lr of that re-fit
 batch_size = 64            # search batch size
-precision = "auto"         # fp32 | bf16 | auto (bf16 mixed precision where the device computes it fast)
+precision = "fp32"         # fp32 | bf16 | auto (bf16 mixed precision where the device computes it fast; see the README)
 seed = 0                   # every random choice flows from this seed
 save_to_store = True  # also save the modules into the store (run_dir/../store) for the Module Foundry
 device = "auto"            # auto | cpu | cuda
@@ -104,7 +104,7 @@ cfg = config_from(G.GradSplitterConfig, params, schedule=profile)
 # ## Search the masks (all modules in one batched pass)
 
 # %%
-# the search is cached with the model: 60_compare_approaches searches this model the same way and reuses it
+# the search is cached with the model: a later run with the same model, data and settings reuses it
 result = G.decompose(model, search_train, search_val, cfg, device=device, progress=True,
                      cache=Path(run_dir).parent / "models")
 print(f"{len(result.history)} epochs in {result.seconds:.0f} s; published rule's epoch {result.selected_epoch}, "

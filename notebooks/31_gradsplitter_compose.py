@@ -31,6 +31,11 @@
 # scores; here the composed classifier's heads (copies; the modules stay as they are) are re-fitted
 # jointly on the module evaluation set (`compose_refit_epochs`, 0 for the paper's raw composition;
 # `calibrate` fits two numbers per module instead). The test split the figures report stays unseen.
+#
+#
+# This notebook trains its own models and searches them in bf16 mixed precision where the CPU computes
+# it natively (`precision = "auto"`; weights, losses and every reported number stay float32), which
+# keeps it within the main job's budget; `precision = "fp32"` runs it as published.
 
 # %% tags=["parameters"]
 profile = "quick"          # smoke | quick | paper (set by the runner)

@@ -36,6 +36,10 @@
 # networks (`compose_refit_epochs`; 0 gives the paper's raw composition). This is cheap next to
 # training from scratch (its seconds are in the table), and the module networks (every conv
 # kernel) stay as the decomposition made them.
+#
+# This notebook trains its own models and searches them in bf16 mixed precision where the CPU computes
+# it natively (`precision = "auto"`; weights, losses and every reported number stay float32), which
+# keeps it within the main job's budget; `precision = "fp32"` runs it as published.
 
 # %% tags=["parameters"]
 profile = "quick"          # smoke | quick | paper (set by the runner)

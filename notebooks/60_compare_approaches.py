@@ -31,7 +31,8 @@
 # CNNSplitter and SeaM use the fast schedules of notebooks 30, 20 and 50 (`approach_params`), on a
 # capped search set (`search_per_class`, `val_per_class`, per approach where given). This is what
 # each gives in a few minutes of CPU, not its published quality (the approach notebooks 20-52 show
-# that). GradSplitter and CNNSplitter search once per model for every class; both sub-tasks use that
+# that), computing in bf16 mixed precision where the CPU has it (`approach_precision`; the models and
+# every reported number stay float32). GradSplitter and CNNSplitter search once per model for every class; both sub-tasks use that
 # search, and its seconds are counted in both rows. MwT's seconds include training its own model.
 #
 # **How to read it.** For one class, every module is a detector: its "class vs a balanced sample of
@@ -56,12 +57,13 @@ milestones = []            # epochs where a step schedule divides the lr by 10
 augment = False            # random crop + flip while training
 tasks = [[2], [0, 2, 4, 6]]  # sub-tasks: one class (class vs rest) and a group of classes
 approaches = ["baseline", "cnnsplitter", "gradsplitter", "mwt", "seam"]  # registered approaches to compare
-approach_params = {"baseline": {"keep_fraction": 0.75}, "cnnsplitter": {"val_per_class": 20}, "gradsplitter": {"first_head_epochs": 3, "cycle_epochs": 12, "cycle_mask": 3, "cycle_head": 1, "init": "value", "init_value": 0.05, "lr_mask": 0.003, "lr_head": 0.05, "lr_head_later": 0.005, "alpha": 0.5, "select": "per_module", "seed": 0, "search_per_class": 150, "val_per_class": 100}, "seam": {"epochs": 10, "lr_mask": 0.1, "alpha": 3.0, "steps_per_epoch": 20}}  # per approach, overrides of the base settings and its own search_per_class or val_per_class (the schedules of notebooks 20, 30 and 50; GradSplitter on the SimCNN is 30s cached search)
+approach_params = {"baseline": {"keep_fraction": 0.75}, "cnnsplitter": {"val_per_class": 20}, "gradsplitter": {"first_head_epochs": 3, "cycle_epochs": 12, "cycle_mask": 3, "cycle_head": 1, "init": "value", "init_value": 0.05, "lr_mask": 0.003, "lr_head": 0.05, "lr_head_later": 0.005, "alpha": 0.5, "select": "per_module", "seed": 0, "search_per_class": 150, "val_per_class": 100}, "seam": {"epochs": 10, "lr_mask": 0.1, "alpha": 3.0, "steps_per_epoch": 20}}  # per approach, overrides of the base settings and its own search_per_class or val_per_class (the schedules of notebooks 20, 30 and 50)
 quick_settings = True      # start from the registry quick CPU settings (False: each config default)
 search_per_class = 100     # training images per class the searches see (None: all)
 val_per_class = 50         # validation images per class that score the searches (None: all)
 latency_repeats = 20       # timed rounds (module and model alternately) per latency ratio
-precision = "auto"         # fp32 | bf16 | auto (bf16 mixed precision where the device computes it fast)
+precision = "fp32"         # fp32 | bf16 | auto: training of the models (fp32 shares those of 10_train_models; see the README)
+approach_precision = "auto"  # fp32 | bf16 | auto: every approach searches and trains in this (None: as the models)
 seed = 0                   # every random choice flows from this seed
 device = "auto"            # auto | cpu | cuda
 run_dir = "../runs/60_compare_approaches"  # results go here
