@@ -25,12 +25,12 @@ from typing import Any, Sequence
 import torch
 import torch.nn as nn
 
-from .precision import check_precision
 from . import data as D
 from .approaches import Request, get_approach, list_approaches, make_config
 from .foundry import _source_on_task, _task, task_metrics
 from .metrics import classification_report, count_macs, latency_ratio
 from .module import Module
+from .precision import check_precision
 from .train import SpecData, predict
 
 
@@ -92,6 +92,24 @@ def _retention(modules: Sequence[Module]) -> tuple[float, str]:
     return sum(m.card()["kernel_retention"] for m in modules) / len(modules), "KRR"
 
 
+def approach_settings(approach: str, cfg: CompareConfig, spec=None) -> tuple[dict, dict]:
+    """``(config values, data caps)`` that ``approach`` runs with: its base settings, the overrides of
+    ``cfg.approach_params``, then, unless those set them, ``cfg.approach_precision`` (or the model's
+    training precision) and, for an approach that trains its own model, the model's epochs."""
+    a = get_approach(approach)
+    given = cfg.approach_params.get(approach, {})
+    params = {**(a.quick if cfg.quick_settings else {}), **given}
+    caps = {k: params.pop(k) for k in DATA_CAPS if k in params}
+    if "precision" not in given and "precision" in {f.name for f in dataclasses.fields(a.config)}:
+        if cfg.approach_precision is not None:
+            params["precision"] = cfg.approach_precision
+        elif spec is not None:
+            params["precision"] = spec.fit.precision   # every approach computes as its model was trained
+    if a.own_model and spec is not None and "epochs" not in given:
+        params["epochs"] = spec.fit.epochs          # the same training budget as the standard model
+    return params, caps
+
+
 def compare_row(approach: str, arch: str, model: nn.Module, data: SpecData, classes: Sequence[int], spec=None,
                 cache=None, cfg: CompareConfig | None = None, device: str = "auto", memo: dict | None = None) -> dict:
     """One row of the comparison (see the module docstring). With ``memo`` (a dict kept across calls),
@@ -107,16 +125,7 @@ def compare_row(approach: str, arch: str, model: nn.Module, data: SpecData, clas
         return {**row, "accuracy": None, "accuracy_loss": None, "retention": None, "retention_kind": a.retention,
                 "macs_ratio": None, "params_ratio": None, "latency_ratio": None, "seconds_to_module": None,
                 "note": f"{a.title} reuses modules for groups of {a.min_classes} or more classes"}
-    params = {**(a.quick if cfg.quick_settings else {}), **cfg.approach_params.get(approach, {})}
-    caps = {k: params.pop(k) for k in DATA_CAPS if k in params}
-    if "precision" not in cfg.approach_params.get(approach, {}) and \
-            "precision" in {f.name for f in dataclasses.fields(a.config)}:
-        if cfg.approach_precision is not None:
-            params["precision"] = cfg.approach_precision
-        elif spec is not None:
-            params["precision"] = spec.fit.precision   # every approach computes as its model was trained
-    if a.own_model and spec is not None and "epochs" not in cfg.approach_params.get(approach, {}):
-        params["epochs"] = spec.fit.epochs          # the same training budget as the standard model
+    params, caps = approach_settings(approach, cfg, spec)
     conf = make_config(approach, params)
     model = model.eval()
     key = (approach, arch)

@@ -95,10 +95,19 @@ def test_bf16_seam_is_deterministic_and_its_module_runs_in_float32(tiny_data):
 
 
 def test_compare_runs_approaches_in_its_own_precision():
-    from modtools.compare import CompareConfig
+    from modtools.compare import CompareConfig, approach_settings
     with pytest.raises(ValueError, match="precision='half'"):
         CompareConfig(approach_precision="half")
-    assert CompareConfig(approach_precision="auto").approach_precision == "auto"
+    spec = T.ModelSpec(arch="simcnn", fit=T.FitConfig(epochs=2))
+    params, _ = approach_settings("seam", CompareConfig(approach_precision="bf16"), spec)
+    assert params["precision"] == "bf16"
+    params, _ = approach_settings("seam", CompareConfig(), spec)          # as the model was trained
+    assert params["precision"] == "fp32"
+    params, _ = approach_settings("seam", CompareConfig(approach_precision="bf16",
+                                                        approach_params={"seam": {"precision": "fp32"}}), spec)
+    assert params["precision"] == "fp32"                                   # an explicit override wins
+    params, _ = approach_settings("baseline", CompareConfig(approach_precision="bf16"), spec)
+    assert "precision" not in params                                        # no such field
 
 
 def test_results_say_what_precision_meant_and_the_paper_profile_is_float32(tmp_path, monkeypatch):
