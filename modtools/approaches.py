@@ -176,11 +176,14 @@ def _run_baseline(req: Request, cfg) -> list[Module]:
 
 def _run_gradsplitter(req: Request, cfg) -> list[Module]:
     from . import gradsplitter as G
+    from .precision import resolved
+    from .train import resolve_device
 
     result = G.decompose(req.model, req.data.train, req.data.val, cfg, device=req.device, progress=req.progress,
                          cache=req.cache)
     # a search found in the cache still cost its seconds once: the modules say so (cached_seconds)
-    cached = {"search_seconds": result.seconds, "cached_seconds": result.seconds if result.from_cache else 0.0}
+    cached = {"search_seconds": result.seconds, "cached_seconds": result.seconds if result.from_cache else 0.0,
+              "compute_precision": resolved(result.config.get("precision", "fp32"), resolve_device(req.device))}
     return [G.to_module(req.model.cpu(), result, c, req.data.train, metrics=cached) for c in req.classes]
 
 

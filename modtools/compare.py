@@ -30,8 +30,8 @@ from .approaches import Request, get_approach, list_approaches, make_config
 from .foundry import _source_on_task, _task, task_metrics
 from .metrics import classification_report, count_macs, latency_ratio
 from .module import Module
-from .precision import check_precision
-from .train import SpecData, predict
+from .precision import check_precision, resolved
+from .train import SpecData, predict, resolve_device
 
 
 #: Keys of ``approach_params`` that cap one approach's search data instead of setting its config.
@@ -165,6 +165,8 @@ def compare_row(approach: str, arch: str, model: nn.Module, data: SpecData, clas
             "retention": retention, "retention_kind": kind_r, "macs_ratio": cost["macs"] / full["macs"],
             "params_ratio": cost["params"] / full["params"], "latency_ratio": lat["ratio"],
             "seconds_to_module": seconds, "modules": len(modules), "test_samples": len(test),
+            "compute_precision": modules[0].metrics.get("compute_precision")
+            or resolved(params.get("precision", "fp32"), resolve_device(device)),
             "config": dataclasses.asdict(conf)}
 
 

@@ -35,7 +35,7 @@ from __future__ import annotations
 import copy
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -49,7 +49,7 @@ from .io import atomic_write_json, config_hash, load_tensors, read_json, save_te
 from .masks import MaskableLayer, batched_forward, binarize_ste, channels_last_on_cpu, find_maskable_layers
 from .metrics import classification_report
 from .module import Module
-from .precision import autocast, check_precision, strip_default
+from .precision import autocast, check_precision, resolved, strip_default
 from .train import predict, resolve_device, seed_everything
 
 PHASES = ("head", "mask")
@@ -440,17 +440,23 @@ def decompose(model: nn.Module, train: D.ImageDataset, val: D.ImageDataset, cfg:
     With ``cache`` (a folder, e.g. the model cache), a finished search is stored under
     ``cache/gradsplitter/<key>`` and returned again, marked ``from_cache``, by any later call with the
     same model weights, search data, settings (the ``schedule`` label aside) and device type: notebooks
-    that search the same model the same way share one search. Its ``seconds`` are the search's own."""
+    that search the same model the same way share one search. Its ``seconds`` are the search's own.
+    A bf16 (or ``auto``) request is also served by a finished float32 search with the same settings,
+    the exact version of the work asked for; its ``config["precision"]`` then says ``"fp32"``."""
     cfg = cfg or GradSplitterConfig()
     dev = resolve_device(device)
     folder = None
     if cache is not None:
         folder = search_cache_folder(cache, model, train, val, cfg, dev)
-        if (folder / "result.json").is_file():
-            try:
-                return _load_result(folder)
-            except (CheckpointError, KeyError, TypeError, ValueError):
-                pass                            # unreadable or from older code: search again, overwrite it
+        candidates = [folder]
+        if resolved(cfg.precision, dev) != "fp32":
+            candidates.append(search_cache_folder(cache, model, train, val, replace(cfg, precision="fp32"), dev))
+        for found in candidates:
+            if (found / "result.json").is_file():
+                try:
+                    return _load_result(found)
+                except (CheckpointError, KeyError, TypeError, ValueError):
+                    pass                        # unreadable or from older code: search again, overwrite it
     with channels_last_on_cpu(model, dev), autocast(cfg.precision, dev):
         splitter = GradSplitter(model, train.num_classes, cfg, train.shape, dev)
         try:

@@ -32,8 +32,12 @@
 # capped search set (`search_per_class`, `val_per_class`, per approach where given). This is what
 # each gives in a few minutes of CPU, not its published quality (the approach notebooks 20-52 show
 # that), computing in bf16 mixed precision where the CPU has it (`approach_precision`; the models and
-# every reported number stay float32). GradSplitter and CNNSplitter search once per model for every class; both sub-tasks use that
-# search, and its seconds are counted in both rows. MwT's seconds include training its own model.
+# every reported number stay float32). A search that another notebook already ran the same way in
+# float32 is reused rather than redone in bf16 (the plain network's GradSplitter search is the one of
+# `30_gradsplitter_modularize`); each row's `compute_precision` says which precision its module came
+# from, and a reused search's seconds are counted at their original cost. GradSplitter and
+# CNNSplitter search once per model for every class; both sub-tasks use that search, and its seconds
+# are counted in both rows. MwT's seconds include training its own model.
 #
 # **How to read it.** For one class, every module is a detector: its "class vs a balanced sample of
 # the rest" accuracy is compared with the standard model's argmax on the same images. For a group,

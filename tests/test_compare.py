@@ -60,3 +60,26 @@ def test_side_by_side_takes_each_module_first_score():
     net = C.SideBySide([Part(1), Part(3), Part(2)])
     out = net(torch.zeros(4, 1, 2, 2))
     assert out.shape == (4, 3) and out.argmax(1).tolist() == [1, 1, 1, 1]
+
+
+def test_a_row_reuses_a_cached_fp32_search_and_says_so(tmp_path):
+    from conftest import tiny_model
+
+    from modtools import gradsplitter as G
+    from modtools.approaches import make_config
+
+    train = D.synthetic(4, 24, 8, 1, seed=0)
+    val = D.synthetic(4, 8, 8, 1, seed=1)
+    test = D.synthetic(4, 8, 8, 1, seed=2, split="test")
+    model = tiny_model("simcnn", in_channels=1, num_classes=4).eval()
+    settings = {"first_head_epochs": 1, "cycle_epochs": 2, "cycle_mask": 1, "cycle_head": 1, "batch_size": 32}
+    cfg = C.CompareConfig(approaches=["gradsplitter"], approach_params={"gradsplitter": settings}, quick_settings=False,
+                          search_per_class=None, val_per_class=None, latency_repeats=2, approach_precision="bf16")
+    params, _ = C.approach_settings("gradsplitter", cfg)
+    exact = G.decompose(model, train, val, make_config("gradsplitter", {**params, "precision": "fp32"}),
+                        device="cpu", cache=tmp_path)
+    row = C.compare_row("gradsplitter", "simcnn", model, SpecData(train, val, test), [0, 1], cache=tmp_path, cfg=cfg,
+                        device="cpu")
+    assert row["compute_precision"] == "fp32" and row["config"]["precision"] == "bf16"   # asked bf16, got the exact one
+    assert row["seconds_to_module"] >= exact.seconds                                  # counted at its original cost
+    assert len(list((tmp_path / "gradsplitter").iterdir())) == 1                      # nothing searched again

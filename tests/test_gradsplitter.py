@@ -196,3 +196,20 @@ def test_cached_search_is_returned_again_only_for_the_same_model_data_and_settin
     (folder / "result.safetensors").write_bytes(b"broken")      # a damaged entry is searched again and replaced
     redone = G.decompose(model, train, val, cfg, device="cpu", cache=tmp_path)
     assert not redone.from_cache and G.decompose(model, train, val, cfg, device="cpu", cache=tmp_path).from_cache
+
+
+def test_a_cached_fp32_search_serves_a_bf16_request_but_not_the_reverse(tiny_data, tmp_path):
+    train, test = tiny_data
+    model = tiny_model("simcnn", in_channels=1, num_classes=4)
+    cfg = G.GradSplitterConfig(first_head_epochs=1, cycle_epochs=2, cycle_mask=1, cycle_head=1, init="value",
+                               init_value=0.02, lr_mask=0.05, batch_size=32)
+    val, _ = D.train_val_split(test, 0.5, seed=0)
+    bf16 = G.GradSplitterConfig(**{**cfg.__dict__, "precision": "bf16"})
+    first = G.decompose(model, train, val, cfg, device="cpu", cache=tmp_path)
+    served = G.decompose(model, train, val, bf16, device="cpu", cache=tmp_path)
+    assert served.from_cache and served.config["precision"] == "fp32"
+    assert all(torch.equal(first.masks[k], served.masks[k]) for k in first.masks)
+    # a bf16 search is not the exact work an fp32 request asks for: it is searched anew
+    other = tmp_path / "other"
+    G.decompose(model, train, val, bf16, device="cpu", cache=other)
+    assert not G.decompose(model, train, val, cfg, device="cpu", cache=other).from_cache

@@ -70,13 +70,14 @@ def test_bf16_gradsplitter_search_gives_float32_scores_and_its_own_cache_entry(t
     val, _ = D.train_val_split(test, 0.5, seed=0)
     base = dict(first_head_epochs=1, cycle_epochs=2, cycle_mask=1, cycle_head=1, init="value", init_value=0.02,
                 lr_mask=0.05, batch_size=32)
-    fp32 = G.decompose(model, train, val, G.GradSplitterConfig(**base), device="cpu", cache=tmp_path)
     bf16 = G.decompose(model, train, val, G.GradSplitterConfig(**base, precision="bf16"), device="cpu", cache=tmp_path)
-    assert not bf16.from_cache and len(list((tmp_path / "gradsplitter").iterdir())) == 2
+    assert not bf16.from_cache and bf16.config["precision"] == "bf16"
     assert all(v.dtype == torch.bool for v in bf16.masks.values())
     assert all(v.dtype == torch.float32 for v in bf16.heads.values())
     again = G.decompose(model, train, val, G.GradSplitterConfig(**base, precision="bf16"), device="cpu", cache=tmp_path)
     assert again.from_cache and all(torch.equal(again.masks[k], bf16.masks[k]) for k in bf16.masks)
+    fp32 = G.decompose(model, train, val, G.GradSplitterConfig(**base), device="cpu", cache=tmp_path)
+    assert not fp32.from_cache and len(list((tmp_path / "gradsplitter").iterdir())) == 2
     assert fp32.masks.keys() == bf16.masks.keys()
 
 
