@@ -281,6 +281,7 @@ RESUMABLE_CHANGES = ("generations", "patience", "eval_mode", "chunk")
 
 def _check_resumable(saved: dict, now: dict, folder: Path) -> None:
     now = json.loads(json.dumps(now))                            # as the checkpoint stores it (string keys)
+    saved = {"precision": "fp32", **saved}                       # a search saved before the field existed ran in fp32
     for k in sorted(set(saved) | set(now)):
         if k not in RESUMABLE_CHANGES and saved.get(k) != now.get(k):
             raise CheckpointError(f"the search in {folder} ran with {k}={saved.get(k)!r}, this call has {k}={now.get(k)!r}; "

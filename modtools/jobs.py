@@ -24,6 +24,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable
 
+from .allocator import tuned_environment
 from .errors import JobError, NameConflictError
 from .io import atomic_write_json
 from .store import ModuleStore, check_name
@@ -141,7 +142,7 @@ def start_job(store: ModuleStore, kind: str, request: dict, outputs: list[str] |
                   "message": "queued", "pid": None, "result": None, "error": None}
         atomic_write_json(folder / "job.json", record)
     log = open(folder / "log.txt", "ab")
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**tuned_environment(), "PYTHONUNBUFFERED": "1"}   # the allocator settings of modtools.allocator
     proc = subprocess.Popen([sys.executable, "-m", "modtools.jobs", "run", str(store.root), job_id],
                             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             start_new_session=True, env=env, cwd=os.getcwd())

@@ -15,10 +15,12 @@ import ast
 import os
 import platform
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from .allocator import tuned_environment
 from .errors import UnknownNameError
 from .io import atomic_write_json, read_json
 
@@ -118,6 +120,19 @@ class RunResult:
     seconds: float
 
 
+@contextmanager
+def kernel_environment():
+    """Within the block, ``os.environ`` has the allocator settings of :mod:`modtools.allocator` (where
+    unset), so that a kernel started there reads them when it starts; restored afterwards."""
+    saved = dict(os.environ)
+    os.environ.update(tuned_environment())
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 def run_notebook(name: str, profile: str = "quick", overrides: Mapping[str, Any] | None = None,
                  run_dir: str | os.PathLike | None = None, figures_dir: str | os.PathLike | None = None,
                  timeout: int | None = None, log_output: bool = False) -> RunResult:
@@ -136,9 +151,10 @@ def run_notebook(name: str, profile: str = "quick", overrides: Mapping[str, Any]
         results_path.unlink()
     t0 = time.perf_counter()
     try:
-        papermill.execute_notebook(str(path), str(output), parameters=params, kernel_name="python3",
-                                   cwd=str(path.parent), progress_bar=False, log_output=log_output,
-                                   execution_timeout=timeout)
+        with kernel_environment():
+            papermill.execute_notebook(str(path), str(output), parameters=params, kernel_name="python3",
+                                       cwd=str(path.parent), progress_bar=False, log_output=log_output,
+                                       execution_timeout=timeout)
     except PapermillExecutionError as exc:
         first = (exc.source or "").strip().splitlines()
         raise NotebookFailed(f"notebook {stem} failed in cell {exc.cell_index} (execution count {exc.exec_count}, "

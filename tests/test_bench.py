@@ -54,6 +54,8 @@ def test_bench_cnnsplitter_fields():
     assert r["precision"] == "bf16"
     assert r["candidates"] == 4 * 10 * 2 and r["candidates_per_second"] > 0
     assert r["candidates_per_second_without_halving"] > 0 and r["original_seconds_per_candidate"] > 0
+    rounds = r["original_seconds_per_candidate_rounds"]           # three rounds between the searches, the median
+    assert len(rounds) == 3 and r["original_seconds_per_candidate"] == sorted(rounds)[1]
     h = r["successive_halving"]
     assert 0 <= h["parents_changed"] <= 1 and h["audited_generations"] == 1 and h["keep"] == 0.5
 

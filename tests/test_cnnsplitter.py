@@ -407,3 +407,21 @@ def test_a_finished_checkpoint_is_reused_and_a_changed_config_is_refused(tiny_da
     with pytest.raises(CheckpointError, match="alpha"):
         C.search(model, train, test, C.CNNSplitterConfig(**{**SMALL, "alpha": 0.5}), device="cpu",
                  checkpoint=tmp_path / "ck")
+
+
+def test_a_checkpoint_saved_before_the_precision_setting_resumes_as_fp32(tiny_data, tmp_path):
+    from modtools.errors import CheckpointError
+    from modtools.io import atomic_write_json, read_json
+
+    train, test = tiny_data
+    model = tiny_model("simcnn", in_channels=1, num_classes=4)
+    cfg = C.CNNSplitterConfig(**SMALL)
+    a = C.search(model, train, test, cfg, device="cpu", checkpoint=tmp_path / "ck")
+    state = read_json(tmp_path / "ck" / "state.json")
+    state["config"].pop("precision")                             # as older code wrote it
+    atomic_write_json(tmp_path / "ck" / "state.json", state)
+    again = C.search(model, train, test, cfg, device="cpu", checkpoint=tmp_path / "ck")
+    assert again.history == a.history
+    with pytest.raises(CheckpointError, match="precision='fp32', this call has precision='bf16'"):
+        C.search(model, train, test, C.CNNSplitterConfig(**{**SMALL, "precision": "bf16"}), device="cpu",
+                 checkpoint=tmp_path / "ck")
