@@ -124,13 +124,13 @@ class RunResult:
 def kernel_environment():
     """Within the block, ``os.environ`` has the allocator settings of :mod:`modtools.allocator` (where
     unset), so that a kernel started there reads them when it starts; restored afterwards."""
-    saved = dict(os.environ)
-    os.environ.update(tuned_environment())
+    added = {k: v for k, v in tuned_environment().items() if k not in os.environ}
+    os.environ.update(added)
     try:
         yield
     finally:
-        os.environ.clear()
-        os.environ.update(saved)
+        for k in added:
+            os.environ.pop(k, None)
 
 
 def run_notebook(name: str, profile: str = "quick", overrides: Mapping[str, Any] | None = None,

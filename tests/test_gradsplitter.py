@@ -174,12 +174,16 @@ def test_per_module_selection_and_head_refit_in_a_search(tiny_data):
         G.GradSplitterConfig(select="best")
 
 
-def test_cached_search_is_returned_again_only_for_the_same_model_data_and_settings(tiny_data, tmp_path):
+def _short_search(tiny_data, arch: str):
+    """A tiny model, its search data and a two-cycle search config, for the cache tests."""
     train, test = tiny_data
-    model = tiny_model("resnet20", in_channels=1, num_classes=4)
     cfg = G.GradSplitterConfig(first_head_epochs=1, cycle_epochs=2, cycle_mask=1, cycle_head=1, init="value",
                                init_value=0.02, lr_mask=0.05, batch_size=32)
-    val, _ = D.train_val_split(test, 0.5, seed=0)
+    return tiny_model(arch, in_channels=1, num_classes=4), train, D.train_val_split(test, 0.5, seed=0)[0], cfg
+
+
+def test_cached_search_is_returned_again_only_for_the_same_model_data_and_settings(tiny_data, tmp_path):
+    model, train, val, cfg = _short_search(tiny_data, "resnet20")
     first = G.decompose(model, train, val, cfg, device="cpu", cache=tmp_path)
     again = G.decompose(model, train, val, G.GradSplitterConfig(**{**cfg.__dict__, "schedule": "quick"}),
                         device="cpu", cache=tmp_path)   # the schedule label is not part of the key
@@ -199,11 +203,7 @@ def test_cached_search_is_returned_again_only_for_the_same_model_data_and_settin
 
 
 def test_a_cached_fp32_search_serves_a_bf16_request_but_not_the_reverse(tiny_data, tmp_path):
-    train, test = tiny_data
-    model = tiny_model("simcnn", in_channels=1, num_classes=4)
-    cfg = G.GradSplitterConfig(first_head_epochs=1, cycle_epochs=2, cycle_mask=1, cycle_head=1, init="value",
-                               init_value=0.02, lr_mask=0.05, batch_size=32)
-    val, _ = D.train_val_split(test, 0.5, seed=0)
+    model, train, val, cfg = _short_search(tiny_data, "simcnn")
     bf16 = G.GradSplitterConfig(**{**cfg.__dict__, "precision": "bf16"})
     first = G.decompose(model, train, val, cfg, device="cpu", cache=tmp_path)
     served = G.decompose(model, train, val, bf16, device="cpu", cache=tmp_path)
