@@ -47,7 +47,7 @@ from . import data as D
 from .errors import CheckpointError, check_classes, check_range
 from .io import atomic_write_json, config_hash, load_tensors, read_json, save_tensors, state_hash
 from .masks import MaskableLayer, batched_forward, binarize_ste, channels_last_on_cpu, find_maskable_layers
-from .metrics import classification_report
+from .metrics import classification_report, roc_auc
 from .module import Module
 from .precision import autocast, check_precision, resolved, strip_default
 from .train import predict, resolve_device, seed_everything
@@ -519,7 +519,8 @@ def module_scores(model: nn.Module, result: SplitResult, ds: D.ImageDataset, dev
 
 def evaluate_modules(model: nn.Module, result: SplitResult, val: D.ImageDataset, test: D.ImageDataset,
                      device: str = "auto") -> dict:
-    """Per module: precision/recall/F1 as a detector of its class (score > 0.5) on ``val``, KRR;
+    """Per module: precision/recall/F1 as a detector of its class (score > 0.5) and the threshold-free
+    ROC AUC of its score on ``val``, KRR;
     on ``test``: accuracy of the model and of the N modules composed (argmax of scores)."""
     val_scores = module_scores(model, result, val, device)
     per_module = []
@@ -527,8 +528,10 @@ def evaluate_modules(model: nn.Module, result: SplitResult, val: D.ImageDataset,
         pred = (val_scores[:, c] > 0.5).long()
         rep = classification_report(pred, (val.labels == c).long(), 2)
         pos = rep["per_class"][1]
+        positive = val.labels == c
+        auc = roc_auc(val_scores[:, c], positive) if 0 < int(positive.sum()) < len(positive) else float("nan")
         per_module.append({"class": c, "name": val.class_names[c], "precision": pos["precision"],
-                           "recall": pos["recall"], "f1": pos["f1"], "krr": krr})
+                           "recall": pos["recall"], "f1": pos["f1"], "auc": auc, "krr": krr})
     test_scores = module_scores(model, result, test, device)
     logits = predict(model, test, device=device)
     acc_model = float((logits.argmax(1) == test.labels).float().mean())
@@ -553,7 +556,9 @@ def to_module(model: nn.Module, result: SplitResult, c: int, train: D.ImageDatas
                          on_empty="keep_one")
 
 
-def best_modules(f1: Sequence[Sequence[float]]) -> list[int]:
-    """For each class, the model whose module has the highest F1 (``f1[model][class]``; first on ties)."""
-    n_models, n_classes = len(f1), len(f1[0])
-    return [max(range(n_models), key=lambda k: (f1[k][c], -k)) for c in range(n_classes)]
+def best_modules(score: Sequence[Sequence[float]]) -> list[int]:
+    """For each class, the model whose module scores highest (``score[model][class]``, e.g. F1 as
+    published, or ROC AUC; first on ties; NaN never wins)."""
+    n_models, n_classes = len(score), len(score[0])
+    value = lambda k, c: score[k][c] if score[k][c] == score[k][c] else float("-inf")  # noqa: E731
+    return [max(range(n_models), key=lambda k: (value(k, c), -k)) for c in range(n_classes)]

@@ -53,6 +53,22 @@ def classification_report(pred: torch.Tensor, labels: torch.Tensor, num_classes:
             "confusion": conf.tolist()}
 
 
+def roc_auc(scores: torch.Tensor, positive: torch.Tensor) -> float:
+    """Area under the ROC curve of ``scores`` for the boolean ``positive``: the chance that a positive
+    scores above a negative (ties count ½), from average ranks (Mann–Whitney), with no threshold."""
+    s = torch.as_tensor(scores).detach().double().flatten().cpu()
+    y = torch.as_tensor(positive).bool().flatten().cpu()
+    if len(s) != len(y):
+        raise ValueError(f"roc_auc needs one label per score: {len(s)} scores, {len(y)} labels")
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError(f"roc_auc needs positives and negatives: {n_pos} positive, {n_neg} negative samples")
+    _, inverse, counts = torch.unique(s, return_inverse=True, return_counts=True)
+    average_rank = counts.cumsum(0).double() - (counts.double() - 1) / 2   # 1-based, ties share their mean
+    rank_sum = float(average_rank[inverse][y].sum())
+    return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
 def kernel_retention(masks: Mapping[str, torch.Tensor], widths: Mapping[str, int] | None = None) -> dict:
     """Kernel retention rate: kept kernels / all kernels, over the masked layers (and per layer).
 

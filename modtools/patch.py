@@ -26,7 +26,8 @@ from .train import FitConfig, ModelSpec, resolve_device
 WEAK_KINDS = ("simple", "overfit", "underfit")
 
 
-CALIBRATIONS = ("minmax", "platt")
+CALIBRATIONS = ("minmax", "percentile", "outlier", "platt")
+PERCENTILE_RANGE = (0.1, 0.9)   # the original's unused ``percentile`` range (its 10th and 90th percentiles)
 
 
 @dataclass
@@ -35,6 +36,13 @@ class Calibration:
 
     * ``minmax`` (published): ``(s − low) / (high − low)`` with the min and max of the score on the
       TC's validation samples; when they are all equal, ``1 + s − low`` (they map to 1).
+    * ``percentile``: the same map with two percentiles of those scores instead of the min and max
+      (by default the 10th and 90th, the original code's unused ``percentile`` range). One hard TC
+      sample no longer stretches the range down, so fewer other-class images land in (0, 1); TC
+      images above the upper percentile map above 1.
+    * ``outlier``: the same map with Tukey's fences of those scores, ``Q1 − 1.5·IQR`` and
+      ``Q3 + 1.5·IQR``, each clipped to the scores' range (the original's unused ``outlier`` range):
+      the min and max unless they are outliers.
     * ``platt``: ``sigmoid(slope · s + intercept)``, a probability of the TC fitted (logistic
       regression) on the TC's samples against the weak task's other classes' samples of the
       calibration split. The patch then lets the module decide "TC or not" (TC when this probability
@@ -99,13 +107,28 @@ def fit_platt(scores: torch.Tensor, positive: torch.Tensor, ridge: float = 1e-3,
     return slope, float(w[1]) - slope * mean
 
 
+def check_percentiles(percentiles: Sequence[float]) -> tuple[float, float]:
+    """``(low, high)`` as fractions with ``0 <= low < high <= 1``, or a ValueError naming the value."""
+    try:
+        low, high = (float(p) for p in percentiles)
+    except (TypeError, ValueError):
+        raise ValueError(f"percentiles={percentiles!r} is not allowed; give two fractions (low, high), "
+                         "e.g. (0.1, 0.9)") from None
+    if not 0.0 <= low < high <= 1.0:
+        raise ValueError(f"percentiles={percentiles!r} is not allowed; they need 0 <= low < high <= 1")
+    return low, high
+
+
 def calibrate(module: Module, val: D.ImageDataset, target_class: int, device: str = "auto", method: str = "minmax",
-              negative_classes: Sequence[int] | None = None) -> Calibration:
+              negative_classes: Sequence[int] | None = None,
+              percentiles: Sequence[float] = PERCENTILE_RANGE) -> Calibration:
     """Calibrate the module's TC score on ``val`` (labelled with source class ids): the min–max range of
-    its TC samples (``minmax``, published), or a logistic fit of TC samples against the samples of
+    its TC samples (``minmax``, published), their ``percentiles`` range (``percentile``; by default
+    10th–90th), Tukey's fences (``outlier``), or a logistic fit of TC samples against the samples of
     ``negative_classes`` (default: every other class) (``platt``)."""
     if method not in CALIBRATIONS:
         raise ValueError(f"calibration={method!r} is not allowed; use one of {CALIBRATIONS}")
+    percentiles = check_percentiles(percentiles)
     (target_class,) = check_classes([target_class], val.num_classes, val.name, what="target class")
     idx = torch.nonzero(val.labels == target_class).squeeze(1)
     if len(idx) == 0:
@@ -115,6 +138,13 @@ def calibrate(module: Module, val: D.ImageDataset, target_class: int, device: st
     cal = Calibration(float(s.min()), float(s.max()), len(idx))
     if method == "minmax":
         return cal
+    if method == "percentile":
+        low, high = torch.quantile(s.double(), torch.tensor(percentiles, dtype=torch.float64)).tolist()
+        return Calibration(float(low), float(high), len(idx), "percentile")
+    if method == "outlier":
+        q1, q3 = torch.quantile(s.double(), torch.tensor((0.25, 0.75), dtype=torch.float64)).tolist()
+        low, high = max(cal.low, q1 - 1.5 * (q3 - q1)), min(cal.high, q3 + 1.5 * (q3 - q1))
+        return Calibration(float(low), float(high), len(idx), "outlier")
     others = [c for c in (negative_classes if negative_classes is not None else range(val.num_classes))
               if c != target_class]
     neg = torch.nonzero(torch.isin(val.labels, torch.tensor(others, dtype=val.labels.dtype))).squeeze(1)
@@ -158,7 +188,8 @@ def _other_accuracy(pred: torch.Tensor, labels: torch.Tensor, column: int) -> fl
 
 @torch.no_grad()
 def patch(weak_model: nn.Module, weak_classes: Sequence[int], module: Module, calibration_data: D.ImageDataset,
-          test: D.ImageDataset, target_class: int, device: str = "auto", calibration: str = "minmax") -> dict:
+          test: D.ImageDataset, target_class: int, device: str = "auto", calibration: str = "minmax",
+          percentiles: Sequence[float] = PERCENTILE_RANGE) -> dict:
     """Patch ``weak_model`` on ``target_class`` with ``module`` and measure before and after.
 
     Args:
@@ -168,7 +199,8 @@ def patch(weak_model: nn.Module, weak_classes: Sequence[int], module: Module, ca
         calibration_data: labelled with source class ids; its TC samples set the min–max range
             (for ``platt``, its TC samples against those of the weak model's other classes).
         test: the weak model's test task, labelled 0..k-1 in ``weak_classes`` order.
-        calibration: ``minmax`` (published) or ``platt`` (see :class:`Calibration`).
+        calibration: ``minmax`` (published), ``percentile``, ``outlier`` or ``platt`` (see :class:`Calibration`).
+        percentiles: the ``(low, high)`` fractions of the ``percentile`` calibration.
 
     Returns the TC's precision, recall and F1 and the other classes' accuracy, before and after.
     """
@@ -181,6 +213,7 @@ def patch(weak_model: nn.Module, weak_classes: Sequence[int], module: Module, ca
                                   f"{len(weak_classes)}: {weak_classes}")
     if calibration not in CALIBRATIONS:
         raise ValueError(f"calibration={calibration!r} is not allowed; use one of {CALIBRATIONS}")
+    percentiles = check_percentiles(percentiles)
     column = weak_classes.index(target_class)
     dev = resolve_device(device)
     weak_model = weak_model.eval().to(dev)
@@ -188,7 +221,8 @@ def patch(weak_model: nn.Module, weak_classes: Sequence[int], module: Module, ca
     if outputs != len(weak_classes):
         raise ModuleMismatchError(f"the weak model has {outputs} outputs but weak_classes lists {len(weak_classes)} "
                                   f"classes ({weak_classes}); they must match one to one")
-    cal = calibrate(module, calibration_data, target_class, device, calibration, negative_classes=weak_classes)
+    cal = calibrate(module, calibration_data, target_class, device, calibration, negative_classes=weak_classes,
+                    percentiles=percentiles)
     probs = torch.cat([torch.softmax(weak_model(x.to(dev)), 1).cpu() for x, _ in D.TensorLoader(test, 256)])
     scores = module_scores(module, test, target_class, device)
     before = probs.argmax(1)

@@ -222,8 +222,8 @@ class ModelSpec:
     """A trained model described by its data, architecture and recipe.
 
     ``classes`` restricts the data set to a subset (relabelled 0..k-1); ``per_class`` caps the
-    training samples per class; ``dirichlet_alpha`` draws a class-imbalanced subset (GradSplitter)
-    seeded by ``data_seed``.
+    training samples per class; ``dirichlet_alpha`` then draws a class-imbalanced subset of those
+    (GradSplitter) seeded by ``data_seed``.
     """
 
     arch: str = "simcnn"
@@ -251,6 +251,8 @@ class ModelSpec:
     def key(self) -> str:
         d = self.to_dict()
         d["fit"] = strip_default(d["fit"])   # keys from before the precision field stay valid
+        if self.dirichlet_alpha is not None:
+            d["dirichlet_of"] = "capped"         # the draw is of the capped set (an earlier version drew, then capped)
         return f"{self.arch}-{config_hash(d)}"
 
 
@@ -267,9 +269,9 @@ def spec_data(spec: ModelSpec, root=None) -> SpecData:
     test = D.load_dataset(spec.dataset, "test", root=root)
     if spec.classes is not None:
         train, test = D.subset_task(train, spec.classes, "train"), D.subset_task(test, spec.classes, "test")
-    if spec.dirichlet_alpha is not None:
-        train, _ = D.dirichlet_subset(train, spec.dirichlet_alpha, seed=spec.data_seed)
     train = D.limit_per_class(train, spec.per_class, seed=spec.data_seed)
+    if spec.dirichlet_alpha is not None:   # of the capped set: GradSplitter's draw on its whole training set
+        train, _ = D.dirichlet_subset(train, spec.dirichlet_alpha, seed=spec.data_seed)
     test = D.limit_per_class(test, spec.test_per_class, seed=spec.data_seed)
     tr, va = D.train_val_split(train, spec.val_fraction, seed=spec.data_seed)
     return SpecData(tr, va, test)

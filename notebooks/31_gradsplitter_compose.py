@@ -18,8 +18,9 @@
 #
 # *Can modules picked from several weak models make a model more accurate than any of them?*
 #
-# We train K models of one architecture on different seeded class-imbalanced (Dirichlet) subsets,
-# so each is weak on some classes, and decompose each into per-class modules. For every class we
+# We train K models of one architecture on different seeded class-imbalanced (Dirichlet) subsets
+# of the (capped) training set, so each is weak on some classes, and decompose each into per-class
+# modules. For every class we
 # pick the module with the best F1 on a module evaluation set (20 % of the test split, as in the
 # original), compose the N picked modules (argmax of their scores), and compare the composed
 # model with every single model on the remaining 80 % of the test split.
@@ -31,7 +32,12 @@
 # scores; here the composed classifier's heads (copies; the modules stay as they are) are re-fitted
 # jointly on the module evaluation set (`compose_refit_epochs`, 0 for the paper's raw composition;
 # `calibrate` fits two numbers per module instead). The test split the figures report stays unseen.
+# `pick = "auc"` picks each class's module by the threshold-free ROC AUC of its score instead of the
+# F1 at 0.5; on this profile it composes a more accurate model (+9.7 against +5.3 points over the
+# best single model) from larger modules (KRR 0.66 against 0.59), so the published F1 stays.
 #
+# The search is stronger than 30's per epoch (α = 1.0, 12 cycle epochs): the models see a few
+# hundred images of most classes, and with the milder α = 0.5 the modules kept 0.79 of the kernels.
 #
 # This notebook trains its own models and searches them in bf16 mixed precision where the CPU computes
 # it natively (`precision = "auto"`; weights, losses and every reported number stay float32), which
@@ -44,7 +50,7 @@ arch = "simcnn"            # architecture of the K models
 width = 0.25               # width multiplier
 n_models = 3               # K, the number of models
 dirichlet_alpha = 1.0      # concentration of the class-imbalanced subsets (smaller: more imbalanced)
-per_class = 1000           # training images per class before the Dirichlet draw caps them (None: all)
+per_class = 1000           # training images per class, capped before the Dirichlet draw (None: all)
 test_per_class = 300       # test images per class (None: all)
 epochs = 4                 # training epochs of each model
 lr = 0.05                  # learning rate of the models (SGD, momentum 0.9)
@@ -54,7 +60,7 @@ augment = False            # random crop + flip while training the models
 search_per_class = 50      # training images per class used by each search (None: all)
 search_val_per_class = 50  # validation images per class used to select each search's epochs (None: all)
 first_head_epochs = 3      # head-only epochs before the cycles (published: 5)
-cycle_epochs = 8           # epochs of mask/head cycles (published: 140)
+cycle_epochs = 12          # epochs of mask/head cycles (published: 140)
 cycle_mask = 3             # mask epochs per cycle (published: 5)
 cycle_head = 1             # head epochs per cycle (published: 2)
 init = "value"             # mask initialisation: ones | value | normal (published: ones)
@@ -62,12 +68,13 @@ init_value = 0.05          # initial score when init is "value"
 lr_mask = 0.003            # Adam lr in mask phases (published: 0.001)
 lr_head = 0.05             # Adam lr of the first head phase (published: 0.01)
 lr_head_later = 0.005      # Adam lr of later head phases (published: 0.1 x lr_head)
-alpha = 0.5                # weight of the kept-kernel rate (published: 0.1)
+alpha = 1.0                # weight of the kept-kernel rate (published: 0.1)
 select = "per_module"      # per_module: each module its own epoch | composed: one epoch for all (published)
 select_tolerance = 0.01    # selection: fewest kernels within this of the model's validation accuracy (published: 0.01)
 refit_head_epochs = 0      # re-fit each search's heads on its selected masks (0: no, as published)
 refit_lr = 0.01            # Adam lr of the re-fits
 batch_size = 64            # search batch size
+pick = "f1"                # pick each class module by: f1 (at score 0.5, published) | auc (threshold-free ROC AUC)
 calibrate = False          # calibrate module scores on the evaluation set before composing
 compose_refit_epochs = 30  # re-fit the composed heads on the evaluation set (0: raw scores, as published)
 precision = "auto"         # fp32 | bf16 | auto (bf16 mixed precision where the device computes it fast)
@@ -91,6 +98,8 @@ params = current_parameters(globals(), NOTEBOOK)
 cache = Path(run_dir).parent / "models"
 fit = T.FitConfig(precision=precision, epochs=epochs, lr=lr, schedule=schedule, milestones=tuple(milestones), augment=augment, seed=seed)
 cfg = config_from(G.GradSplitterConfig, params, schedule=profile)
+if pick not in ("f1", "auc"):
+    raise ValueError(f"pick={pick!r} is not allowed; use f1 or auc")
 test_all = T.spec_data(T.ModelSpec(arch=arch, width=width, dataset=dataset, per_class=per_class,
                                    test_per_class=test_per_class, data_seed=seed, fit=fit)).test
 eval_set, test_set = D.train_val_split(test_all, 0.8, seed=seed)   # 20 % module evaluation, 80 % test
@@ -120,7 +129,8 @@ for k in range(n_models):
 
 # %%
 f1 = [[m["f1"] for m in r["per_module"]] for r in reports]
-chosen = G.best_modules(f1)
+auc = [[m["auc"] for m in r["per_module"]] for r in reports]
+chosen = G.best_modules(f1 if pick == "f1" else auc)
 modules = [G.to_module(models[k], results[k], c, test_all) for c, k in enumerate(chosen)]
 composed = C.ComposedClassifier(modules, test_all.class_names)
 accuracy_raw = C.evaluate_composed(composed, test_set, device=device)["accuracy"]   # the paper's raw scores
@@ -138,7 +148,7 @@ results_out = {
     "arch": arch, "dataset": dataset, "accuracy_single_models": singles, "accuracy_best_single": max(singles),
     "accuracy_composed": composed_report["accuracy"], "accuracy_composed_raw": accuracy_raw,
     "calibrated": calibrate, "compose_refit_epochs": compose_refit_epochs, "chosen_model_per_class": chosen,
-    "f1": f1, "class_names": test_all.class_names, "train_class_counts": subset_counts,
+    "pick": pick, "f1": f1, "auc": auc, "class_names": test_all.class_names, "train_class_counts": subset_counts,
     "per_class_composed": composed_report["per_class"],
     "krr_chosen": [results[k].krr_per_module()[c] for c, k in enumerate(chosen)],
 }

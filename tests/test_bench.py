@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from modtools import bench
 
@@ -56,8 +57,31 @@ def test_bench_cnnsplitter_fields():
     assert r["candidates_per_second_without_halving"] > 0 and r["original_seconds_per_candidate"] > 0
     rounds = r["original_seconds_per_candidate_rounds"]           # three rounds between the searches, the median
     assert len(rounds) == 3 and r["original_seconds_per_candidate"] == sorted(rounds)[1]
+    assert len(r["rebuild_seconds_per_candidate_rounds"]) == 3 and r["rebuild_seconds_per_candidate"] > 0
+    assert r["speedup_vs_original"] == pytest.approx(r["candidates_per_second"] * r["original_seconds_per_candidate"])
+    assert r["speedup_vs_rebuild_cached_inputs"] == pytest.approx(
+        r["candidates_per_second"] * r["rebuild_seconds_per_candidate"])
     h = r["successive_halving"]
     assert 0 <= h["parents_changed"] <= 1 and h["audited_generations"] == 1 and h["keep"] == 0.5
+
+
+def test_original_pipeline_gives_the_evaluators_logits():
+    from modtools import cnnsplitter as C
+    from modtools import data as D
+    from modtools.masks import find_maskable_layers
+    from modtools.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("simcnn", num_classes=10, width=0.125).eval()
+    val = D.synthetic(10, 3, 16, 3, seed=0)
+    layers = find_maskable_layers(model, torch.zeros(1, 3, 16, 16))
+    g = torch.Generator().manual_seed(1)
+    masks = {layer.name: (torch.rand(3, layer.out_channels, generator=g) < 0.6).float() for layer in layers}
+    cfg = C.CNNSplitterConfig(population=3, generations=0, parents_mating=2, keep_parents=1, confidence=0.0,
+                              ratios={})
+    ev = C.Evaluator(model, layers, val, cfg, "cpu")
+    torch.testing.assert_close(bench.original_pipeline(model, val, masks, 4), ev.rebuilt(4, masks), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(bench.original_pipeline(model, val, masks, 4), ev.masked(4, masks), atol=1e-4, rtol=1e-3)
 
 
 def test_time_to_target_takes_the_first_epoch_meeting_both():

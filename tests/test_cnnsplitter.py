@@ -359,6 +359,33 @@ def test_platt_calibration_keeps_other_classes_that_min_max_lets_in():
         P.patch(weak, [0, 1, 3], _Perfect(3), cal, test, target_class=3, device="cpu", calibration="sigmoid")
 
 
+def test_percentile_calibration_is_not_stretched_by_one_hard_target_sample():
+    # the same data: one hard TC sample (40) sets the min-max low end; the 10th percentile ignores it
+    tc, negatives = [40, 150, 200, 180, 170, 160], [60, 70, 80, 90, 95, 100, 105, 110, 115, 120, 100, 95]
+    cal = D.ImageDataset(_images(tc + negatives), torch.tensor([3] * 6 + [0, 1] * 6), ["a", "b", "c", "d"], "toy")
+    c = P.calibrate(_Perfect(3), cal, 3, device="cpu", method="percentile")
+    scores = torch.tensor(tc, dtype=torch.float64) / 255 * 10
+    assert c.kind == "percentile" and c.samples == 6
+    assert c.low == pytest.approx(float(torch.quantile(scores, 0.1))) and c.low > 40 / 255 * 10 + 1.0
+    assert c.high == pytest.approx(float(torch.quantile(scores, 0.9))) and c.high < 200 / 255 * 10
+    assert float(c.normalise(torch.tensor([c.low, c.high])).sub(torch.tensor([0.0, 1.0])).abs().max()) < 1e-6
+    test = D.ImageDataset(_images([100, 102, 98, 180, 190]), torch.tensor([0, 0, 0, 2, 2]), ["a", "b", "d"], "toy")
+    weak = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+    with torch.no_grad():
+        weak[1].weight.zero_()
+        weak[1].bias.zero_()
+    r = P.patch(weak, [0, 1, 3], _Perfect(3), cal, test, target_class=3, device="cpu", calibration="percentile")
+    assert r["other_accuracy_after"] == 1.0 and r["recall_after"] == 1.0 and r["calibration"]["kind"] == "percentile"
+    wide = P.calibrate(_Perfect(3), cal, 3, device="cpu", method="percentile", percentiles=(0.0, 1.0))
+    assert (wide.low, wide.high) == pytest.approx((float(scores.min()), float(scores.max())))   # 0 and 1: min-max
+    fences = P.calibrate(_Perfect(3), cal, 3, device="cpu", method="outlier")
+    assert fences.kind == "outlier" and fences.low > float(scores.min()) and fences.high == pytest.approx(float(scores.max()))
+    for bad in [(0.9, 0.1), (0.1,), (-0.1, 0.5), "low"]:
+        with pytest.raises(ValueError, match="percentiles="):
+            P.patch(weak, [0, 1, 3], _Perfect(3), cal, test, target_class=3, device="cpu", calibration="percentile",
+                    percentiles=bad)
+
+
 def test_patching_rejects_mismatched_classes():
     cal = D.ImageDataset(_images([150, 10]), torch.tensor([3, 1]), ["a", "b", "c", "d"], "toy")
     test = D.ImageDataset(_images([220, 30]), torch.tensor([1, 0]), ["b", "d"], "toy")

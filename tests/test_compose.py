@@ -9,6 +9,7 @@ from modtools import data as D
 from modtools import gradsplitter as G
 from modtools import train as T
 from modtools.baseline import BaselineConfig, baseline_module
+from modtools.metrics import roc_auc
 from modtools.errors import ModuleMismatchError
 from modtools.models import build_model
 
@@ -52,6 +53,16 @@ def test_composition_learns_separable_task_and_calibrates(split_model):
 
 def test_best_module_choice():
     assert G.best_modules([[0.9, 0.1, 0.5], [0.8, 0.7, 0.5]]) == [0, 1, 0]
+    assert G.best_modules([[float("nan"), 0.1], [0.2, float("nan")]]) == [1, 0]   # NaN (undefined) never wins
+
+
+def test_module_report_has_a_threshold_free_auc(split_model):
+    model, result, train, val = split_model
+    report = G.evaluate_modules(model, result, val, val, device="cpu")
+    scores = G.module_scores(model, result, val, "cpu")
+    for m in report["per_module"]:
+        assert 0.0 <= m["auc"] <= 1.0
+        assert m["auc"] == pytest.approx(roc_auc(scores[:, m["class"]], val.labels == m["class"]))
 
 
 def test_mismatched_modules_are_refused(split_model):

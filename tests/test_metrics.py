@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 
 from modtools.metrics import (MAC_UNIT, accuracy, classification_report, confusion_matrix, count_macs,
-                              kernel_retention, measure_latency, weight_retention)
+                              kernel_retention, measure_latency, roc_auc, weight_retention)
 
 
 def test_confusion_and_report_by_hand():
@@ -49,3 +49,24 @@ def test_latency_reports_context():
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU())
     lat = measure_latency(model, (1, 8, 8), batch_size=2, repeats=3, warmup=1, threads=1)
     assert lat["seconds"] > 0 and lat["threads"] == 1 and lat["batch_size"] == 2 and lat["repeats"] == 3
+
+
+def test_roc_auc_counts_ordered_pairs_and_half_ties():
+    y = torch.tensor([1, 1, 0, 0, 0], dtype=torch.bool)
+    assert roc_auc(torch.tensor([0.9, 0.8, 0.1, 0.2, 0.3]), y) == 1.0
+    assert roc_auc(torch.tensor([0.1, 0.2, 0.9, 0.8, 0.7]), y) == 0.0
+    # pairs (pos, neg): 0.5 beats 0.3 and 0.4 and ties 0.5 (one half); 0.3 beats nothing, ties 0.3 (one half)
+    s = torch.tensor([0.5, 0.3, 0.5, 0.3, 0.4])
+    assert roc_auc(s, y) == pytest.approx((2 + 0.5 + 0 + 0.5) / 6)
+    g = torch.Generator().manual_seed(0)
+    r, lab = torch.rand(300, generator=g), torch.rand(300, generator=g) < 0.3
+    brute = ((r[lab][:, None] > r[~lab][None]).double() + 0.5 * (r[lab][:, None] == r[~lab][None]).double()).mean()
+    assert roc_auc(r, lab) == pytest.approx(float(brute))
+    assert roc_auc(3 * r - 1, lab) == pytest.approx(roc_auc(r, lab))     # only the order counts
+
+
+def test_roc_auc_rejects_one_sided_labels():
+    with pytest.raises(ValueError, match="0 negative"):
+        roc_auc(torch.tensor([0.1, 0.2]), torch.tensor([True, True]))
+    with pytest.raises(ValueError, match="3 scores, 2 labels"):
+        roc_auc(torch.tensor([0.1, 0.2, 0.3]), torch.tensor([True, False]))

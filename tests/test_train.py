@@ -80,3 +80,14 @@ def test_spec_models_start_from_the_seed(tiny_data):
     torch.rand(100)  # unrelated draws must not change the initial weights
     b = T.build_for(spec, train)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_the_dirichlet_draw_is_of_the_capped_training_set():
+    # GradSplitter draws its imbalanced subset from the whole training set; with a per-class cap, the
+    # cap is that set, so exactly one class (the one with the largest share) keeps all it had
+    for seed in range(3):
+        data = T.spec_data(T.ModelSpec(dataset="synthetic", per_class=16, dirichlet_alpha=5.0, data_seed=seed))
+        counts = [a + b for a, b in zip(data.train.class_counts(), data.val.class_counts())]
+        assert max(counts) == 16 and counts.count(16) == 1 and min(counts) >= 10, counts
+    capped = T.ModelSpec(dataset="synthetic", per_class=30)
+    assert T.ModelSpec(dataset="synthetic", per_class=30, dirichlet_alpha=5.0).key() != capped.key()
