@@ -33,6 +33,7 @@ What the toolkit does differently from the original code, all of it recorded in 
 from __future__ import annotations
 
 import copy
+import math
 import os
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -559,6 +560,8 @@ def to_module(model: nn.Module, result: SplitResult, c: int, train: D.ImageDatas
 def best_modules(score: Sequence[Sequence[float]]) -> list[int]:
     """For each class, the model whose module scores highest (``score[model][class]``, e.g. F1 as
     published, or ROC AUC; first on ties; NaN never wins)."""
-    n_models, n_classes = len(score), len(score[0])
-    value = lambda k, c: score[k][c] if score[k][c] == score[k][c] else float("-inf")  # noqa: E731
-    return [max(range(n_models), key=lambda k: (value(k, c), -k)) for c in range(n_classes)]
+    def rank(k: int, c: int) -> tuple[float, int]:
+        v = float(score[k][c])
+        return (float("-inf") if math.isnan(v) else v, -k)
+
+    return [max(range(len(score)), key=lambda k: rank(k, c)) for c in range(len(score[0]))]
