@@ -10,8 +10,8 @@ Every approach's config and :class:`modtools.train.FitConfig` have a ``precision
   ``"bf16-mixed"``).
 * ``"auto"``: ``"bf16"`` where the device computes it fast (a GPU that supports bfloat16, a CPU with
   AMX tiles or AVX-512 BF16, such as this project's 2-core Xeon, where convolutions run
-  1.6–2.2× faster), else ``"fp32"``. In the quick profile, notebooks 31 and 32 and the approaches
-  of 60 use it; the others stay ``"fp32"``, where bf16 moved their results past their targets (see
+  1.6–2.2× faster), else ``"fp32"``. In the quick profile, notebook 32 and the approaches of 60
+  use it; the others stay ``"fp32"``, where bf16 moved their results past their targets (see
   the README).
 
 Only the loops that train or search use it. Every accuracy, latency and module a notebook reports

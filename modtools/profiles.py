@@ -151,7 +151,7 @@ PROFILE_VALUES.update({
     },
 })
 
-# The published settings compute in float32 (the quick profile uses "auto" in 31, 32 and for 60's approaches).
+# The published settings compute in float32 (the quick profile uses "auto" in 32 and for 60's approaches).
 for _notebook, _values in PROFILE_VALUES.items():
     if _notebook != "90_module_foundry" and "paper" in _values:
         _values["paper"] = {**_values["paper"], "precision": "fp32"}

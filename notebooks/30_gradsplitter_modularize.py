@@ -26,9 +26,11 @@
 # batched pass, head phases train on cached features, and the epoch is selected on a validation
 # split: the fewest kernels within one point of the model's validation accuracy.
 #
-# The quick profile searches on a subset of the training data with masks that start near the
-# decision boundary, larger learning rates and shorter cycles (a faster schedule than the
-# published one, which the `paper` profile uses). Two choices of the toolkit differ from the
+# The quick profile searches on a subset of the training data (300 images per class) with masks
+# that start near the decision boundary, larger head learning rates and shorter cycles (a faster
+# schedule than the published one, which the `paper` profile uses). Measured on this model: 150
+# images per class at a mask lr of 0.003 give KRR 0.58 at a 1.6 pt loss, 300 at 0.003 KRR 0.60 at
+# 2.2 pt (the masks shrink faster than the heads follow), 300 at 0.0015 KRR 0.54 at 0.8 pt. Two choices of the toolkit differ from the
 # published rule, and the `paper` profile switches both back:
 #
 # * **each module keeps its own epoch** (`select = "per_module"`): the masks are per module anyway,
@@ -55,7 +57,7 @@ lr = 0.05                  # learning rate of the model (SGD, momentum 0.9)
 schedule = "cosine"        # cosine | step | constant
 milestones = []            # epochs where a step schedule divides the lr by 10
 augment = False            # random crop + flip while training the model
-search_per_class = 150     # training images per class used by the search (None: all)
+search_per_class = 300     # training images per class used by the search (None: all)
 search_val_per_class = 100 # validation images per class used to select the epochs (None: all)
 first_head_epochs = 3      # head-only epochs before the cycles (published: 5)
 cycle_epochs = 12          # epochs of mask/head cycles (published: 140)
@@ -63,7 +65,7 @@ cycle_mask = 3             # mask epochs per cycle (published: 5)
 cycle_head = 1             # head epochs per cycle (published: 2)
 init = "value"             # mask initialisation: ones | value | normal (published: ones)
 init_value = 0.05          # initial score when init is "value"
-lr_mask = 0.003            # Adam lr in mask phases (published: 0.001)
+lr_mask = 0.0015           # Adam lr in mask phases (published: 0.001)
 lr_head = 0.05             # Adam lr of the first head phase (published: 0.01)
 lr_head_later = 0.005      # Adam lr of later head phases (published: 0.1 x lr_head)
 alpha = 0.5                # weight of the kept-kernel rate (published: 0.1)
