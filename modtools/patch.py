@@ -107,6 +107,13 @@ def fit_platt(scores: torch.Tensor, positive: torch.Tensor, ridge: float = 1e-3,
     return slope, float(w[1]) - slope * mean
 
 
+def check_calibration(calibration: str) -> str:
+    """``calibration`` itself, or a ValueError naming it and the allowed values."""
+    if calibration not in CALIBRATIONS:
+        raise ValueError(f"calibration={calibration!r} is not allowed; use one of {CALIBRATIONS}")
+    return calibration
+
+
 def check_percentiles(percentiles: Sequence[float]) -> tuple[float, float]:
     """``(low, high)`` as fractions with ``0 <= low < high <= 1``, or a ValueError naming the value."""
     try:
@@ -126,8 +133,7 @@ def calibrate(module: Module, val: D.ImageDataset, target_class: int, device: st
     its TC samples (``minmax``, published), their ``percentiles`` range (``percentile``; by default
     10th–90th), Tukey's fences (``outlier``), or a logistic fit of TC samples against the samples of
     ``negative_classes`` (default: every other class) (``platt``)."""
-    if method not in CALIBRATIONS:
-        raise ValueError(f"calibration={method!r} is not allowed; use one of {CALIBRATIONS}")
+    check_calibration(method)
     percentiles = check_percentiles(percentiles)
     (target_class,) = check_classes([target_class], val.num_classes, val.name, what="target class")
     idx = torch.nonzero(val.labels == target_class).squeeze(1)
@@ -211,8 +217,7 @@ def patch(weak_model: nn.Module, weak_classes: Sequence[int], module: Module, ca
     if test.num_classes != len(weak_classes):
         raise ModuleMismatchError(f"the test task has {test.num_classes} classes but weak_classes lists "
                                   f"{len(weak_classes)}: {weak_classes}")
-    if calibration not in CALIBRATIONS:
-        raise ValueError(f"calibration={calibration!r} is not allowed; use one of {CALIBRATIONS}")
+    check_calibration(calibration)
     percentiles = check_percentiles(percentiles)
     column = weak_classes.index(target_class)
     dev = resolve_device(device)

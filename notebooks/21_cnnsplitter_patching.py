@@ -109,8 +109,7 @@ from modtools.runner import current_parameters, write_results
 
 NOTEBOOK = "21_cnnsplitter_patching"
 params = current_parameters(globals(), NOTEBOOK)
-if calibration not in P.CALIBRATIONS:
-    raise ValueError(f"calibration={calibration!r} is not allowed; use one of {P.CALIBRATIONS}")
+P.check_calibration(calibration)   # bad values stop here, before any training
 P.check_percentiles(calibration_percentiles)
 cache = Path(run_dir).parent / "models"
 setup = C.prepare_search(params, cache, device)   # the model, its data and the search's config and checkpoint

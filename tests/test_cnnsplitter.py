@@ -357,6 +357,9 @@ def test_platt_calibration_keeps_other_classes_that_min_max_lets_in():
     assert platt["calibration"]["kind"] == "platt" and platt["calibration"]["negatives"] == 12
     with pytest.raises(ValueError, match="calibration='sigmoid'"):
         P.patch(weak, [0, 1, 3], _Perfect(3), cal, test, target_class=3, device="cpu", calibration="sigmoid")
+    with pytest.raises(ValueError, match="calibration='sigmoid'.*minmax"):
+        P.calibrate(_Perfect(3), cal, 3, device="cpu", method="sigmoid")
+    assert P.check_calibration("percentile") == "percentile"
 
 
 def test_percentile_calibration_is_not_stretched_by_one_hard_target_sample():
