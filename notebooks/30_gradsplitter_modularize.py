@@ -30,8 +30,10 @@
 # that start near the decision boundary, larger head learning rates and shorter cycles (a faster
 # schedule than the published one, which the `paper` profile uses). Measured on this model: 150
 # images per class at a mask lr of 0.003 give KRR 0.58 at a 1.6 pt loss, 300 at 0.003 KRR 0.60 at
-# 2.2 pt (the masks shrink faster than the heads follow), 300 at 0.0015 KRR 0.54 at 0.8 pt. Two choices of the toolkit differ from the
-# published rule, and the `paper` profile switches both back:
+# 2.2 pt (the masks shrink faster than the heads follow), 300 at 0.0015 KRR 0.54 at 0.8 pt.
+#
+# Two choices of the toolkit differ from the published rule, and the `paper` profile switches both
+# back:
 #
 # * **each module keeps its own epoch** (`select = "per_module"`): the masks are per module anyway,
 #   so starting from the epoch the published rule picks, every module moves to its smallest epoch as
