@@ -24,8 +24,11 @@ importance-ordered kernel groups, on the shared mask machinery.
    ``α · accuracy + (1 − α) · diff``; the best generation's ensemble is the result.
 
 Candidates are evaluated as masked models in batched passes, or rebuilt as smaller networks, by
-whichever was faster on this device in a short calibration (recorded); inputs are cached as one
-tensor, and chromosomes already evaluated (elites, duplicates) are never evaluated again. The
+whichever was faster on this device in a short calibration (recorded). A rebuilt candidate comes
+from :class:`modtools.rebuild.Rebuilder`: the model's structure is analysed once, and each candidate
+costs index selections only (the same widths and outputs as :func:`modtools.extract.extract`, which
+would trace the model again for each). Inputs are cached as one tensor (channels-last on a CPU), and
+chromosomes already evaluated (elites, duplicates) are never evaluated again. The
 search is seeded and deterministic, can stop early, and can resume from a checkpoint folder.
 
 **Successive halving** (``halving``, off by default as published): each generation scores its new

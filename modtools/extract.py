@@ -113,6 +113,104 @@ def _even_groups(item_channels: list[tuple[int, list[int], list[int]]], keep_roo
     return added
 
 
+def checked_masks(description, masks: Mapping[str, torch.Tensor], on_empty: str,
+                  empty_layers: list[str]) -> dict[str, torch.Tensor]:
+    """``masks`` checked against the maskable layers (names, shapes, values); a layer whose mask is
+    empty raises :class:`EmptyMaskError` unless ``on_empty="keep_one"``, and is listed in ``empty_layers``."""
+    by_name = {layer.name: layer for layer in description}
+    checked: dict[str, torch.Tensor] = {}
+    for name, mask in masks.items():
+        if name not in by_name:
+            why = description.excluded.get(name) or (f"it follows {description.followers[name]}"
+                                                     if name in description.followers else "")
+            raise UnknownNameError(f"mask names layer {name!r}, which is not a maskable layer"
+                                   f"{f' ({why})' if why else ''}; maskable layers: {list(by_name)}")
+        m = check_mask(by_name[name], mask, on_empty="allow")
+        if not m.any():
+            if on_empty == "raise":
+                raise EmptyMaskError(f"the mask removes every kernel of layer {name}; pass on_empty='keep_one' "
+                                     f"to keep one zeroed channel (options: {EXTRACT_ON_EMPTY})")
+            empty_layers.append(name)
+        checked[name] = m
+    return checked
+
+
+def mask_owners(description, checked: Mapping[str, torch.Tensor]) -> tuple[dict, set]:
+    """Each conv's mask (its layer's, for a follower its leader's; None when unmasked) and the BNs
+    paired with a maskable conv."""
+    mask_of: dict[nn.Module, torch.Tensor | None] = {}
+    paired_norms: set[nn.Module] = set()
+    for layer in description:
+        for conv, norm in [(layer.conv, layer.norm)] + [(f.conv, f.norm) for f in layer.followers]:
+            mask_of[conv] = checked.get(layer.name)
+            if norm is not None:
+                paired_norms.add(norm)
+    return mask_of, paired_norms
+
+
+@dataclass(frozen=True)
+class CoupledItem:
+    """One member of a dependency group, as plain data: the module, whether the group removes its
+    output (else input) channels, its channel indices and the root conv's index of each."""
+
+    module: nn.Module
+    out_fn: bool
+    idxs: tuple[int, ...]
+    root_idxs: tuple[int, ...]
+
+
+def coupling_groups(net: nn.Module, graph) -> list[tuple[nn.Conv2d, list[CoupledItem]]]:
+    """Every conv that roots a dependency group (in module order, each conv in one group only) with
+    the group's items; the groups depend on the structure only, not on any mask."""
+    groups, seen = [], set()
+    for conv in (m for m in net.modules() if isinstance(m, nn.Conv2d)):
+        if id(conv) in seen or conv not in graph.module2node:
+            continue
+        items = [CoupledItem(item.dep.target.module, bool(graph.is_out_channel_pruning_fn(item.dep.handler)),
+                             tuple(int(i) for i in item.idxs), tuple(int(i) for i in item.root_idxs))
+                 for item in pruning_group(graph, conv).items]
+        seen.update(id(it.module) for it in items if isinstance(it.module, (nn.Conv2d, nn.Linear)) and it.out_fn)
+        groups.append((conv, items))
+    return groups
+
+
+def channels_to_remove(conv: nn.Conv2d, items: list[CoupledItem], mask_of: Mapping[nn.Module, torch.Tensor | None],
+                       paired_norms: set[nn.Module], align: int, rule_counts: dict[str, int]) -> list[int]:
+    """The output channels of the group's root ``conv`` that can be removed exactly (the module
+    docstring's rules), counting the channels each rule keeps in ``rule_counts``."""
+    keep_root: set[int] = set()
+    grouped_items = []
+    for item in items:
+        target, out_fn = item.module, item.out_fn
+        if isinstance(target, nn.Conv2d) and target.groups > 1 and not is_depthwise(target):
+            width = target.out_channels if out_fn else target.in_channels
+            grouped_items.append((width // target.groups, list(item.idxs), list(item.root_idxs)))
+        if isinstance(target, (nn.Conv2d, nn.Linear)) and out_fn:
+            mask = mask_of.get(target)
+            if mask is None:
+                keep_root.update(item.root_idxs)
+            else:
+                on = mask.tolist()
+                keep_root.update(root for idx, root in zip(item.idxs, item.root_idxs) if on[idx] != 0)
+        elif out_fn and isinstance(target, nn.modules.batchnorm._BatchNorm) and target not in paired_norms:
+            before = len(keep_root)
+            keep_root.update(item.root_idxs)
+            rule_counts["bn_after_merge"] += len(keep_root) - before
+        elif out_fn and (isinstance(target, CHANNEL_NORMS) or type(target).__name__.startswith("LayerNorm")):
+            before = len(keep_root)
+            keep_root.update(item.root_idxs)
+            rule_counts["unmasked_reader"] += len(keep_root) - before
+    if grouped_items:
+        rule_counts["grouped_even"] += _even_groups(grouped_items, keep_root)
+    remove = [c for c in range(conv.out_channels) if c not in keep_root]
+    if len(remove) == conv.out_channels:  # only possible with on_empty="keep_one"
+        remove = remove[1:]
+    if align > 1 and not grouped_items:  # keep a few zeroed channels so the width is a multiple of `align`
+        pad = min(len(remove), (-(conv.out_channels - len(remove))) % align)
+        remove = remove[pad:]
+    return remove
+
+
 def extract(model: nn.Module, masks: Mapping[str, torch.Tensor], on_empty: str = "raise",
             image_size: int = 32, layers: list[MaskableLayer] | None = None,
             align: int = 1, verify: bool = True) -> tuple[nn.Module, ExtractionReport]:
@@ -143,75 +241,16 @@ def extract(model: nn.Module, masks: Mapping[str, torch.Tensor], on_empty: str =
             delattr(net, attr)
     example = default_input(net, image_size)
     description = find_maskable_layers(net, example, cache=False)   # net is a throw-away copy
-    by_name = {layer.name: layer for layer in description}
     report = ExtractionReport(on_empty=on_empty, align=align, layers=description.to_dict())
-    checked: dict[str, torch.Tensor] = {}
-    for name, mask in masks.items():
-        if name not in by_name:
-            why = description.excluded.get(name) or (f"it follows {description.followers[name]}"
-                                                     if name in description.followers else "")
-            raise UnknownNameError(f"mask names layer {name!r}, which is not a maskable layer"
-                                   f"{f' ({why})' if why else ''}; maskable layers: {list(by_name)}")
-        m = check_mask(by_name[name], mask, on_empty="allow")
-        if not m.any():
-            if on_empty == "raise":
-                raise EmptyMaskError(f"the mask removes every kernel of layer {name}; pass on_empty='keep_one' "
-                                     f"to keep one zeroed channel (options: {EXTRACT_ON_EMPTY})")
-            report.empty_layers.append(name)
-        checked[name] = m
+    checked = checked_masks(description, masks, on_empty, report.empty_layers)
     zero_masked(net, description, checked)
-
-    mask_of: dict[nn.Module, torch.Tensor | None] = {}
-    paired_norms: set[nn.Module] = set()
-    for layer in description:
-        for conv, norm in [(layer.conv, layer.norm)] + [(f.conv, f.norm) for f in layer.followers]:
-            mask_of[conv] = checked.get(layer.name)
-            if norm is not None:
-                paired_norms.add(norm)
+    mask_of, paired_norms = mask_owners(description, checked)
     names = {m: n for n, m in net.named_modules()}
     try:
         graph = description.graph
-        plans: list[tuple[nn.Conv2d, list[int]]] = []
-        seen: set[int] = set()
         rule_counts = {"bn_after_merge": 0, "unmasked_reader": 0, "grouped_even": 0}
-        convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
-        for conv in convs:
-            if id(conv) in seen or conv not in graph.module2node:
-                continue
-            group = pruning_group(graph, conv)
-            keep_root: set[int] = set()
-            grouped_items = []
-            for item in group.items:
-                dep = item.dep
-                target, handler = dep.target.module, dep.handler
-                out_fn = graph.is_out_channel_pruning_fn(handler)
-                if isinstance(target, nn.Conv2d) and target.groups > 1 and not is_depthwise(target):
-                    width = target.out_channels if out_fn else target.in_channels
-                    grouped_items.append((width // target.groups, list(item.idxs), list(item.root_idxs)))
-                if isinstance(target, (nn.Conv2d, nn.Linear)) and out_fn:
-                    seen.add(id(target))
-                    mask = mask_of.get(target)
-                    for idx, root in zip(item.idxs, item.root_idxs):
-                        if mask is None or mask[idx] != 0:
-                            keep_root.add(root)
-                elif out_fn and isinstance(target, nn.modules.batchnorm._BatchNorm) and target not in paired_norms:
-                    before = len(keep_root)
-                    keep_root.update(item.root_idxs)
-                    rule_counts["bn_after_merge"] += len(keep_root) - before
-                elif out_fn and (isinstance(target, CHANNEL_NORMS) or type(target).__name__.startswith("LayerNorm")):
-                    before = len(keep_root)
-                    keep_root.update(item.root_idxs)
-                    rule_counts["unmasked_reader"] += len(keep_root) - before
-            if grouped_items:
-                rule_counts["grouped_even"] += _even_groups(grouped_items, keep_root)
-            remove = [c for c in range(conv.out_channels) if c not in keep_root]
-            if len(remove) == conv.out_channels:  # only possible with on_empty="keep_one"
-                remove = remove[1:]
-            if align > 1 and not grouped_items:  # keep a few zeroed channels so the width is a multiple of `align`
-                pad = min(len(remove), (-(conv.out_channels - len(remove))) % align)
-                remove = remove[pad:]
-            if remove:
-                plans.append((conv, remove))
+        plans = [(conv, remove) for conv, items in coupling_groups(net, graph)
+                 if (remove := channels_to_remove(conv, items, mask_of, paired_norms, align, rule_counts))]
         for conv, remove in plans:
             report.removed[names.get(conv, "")] = remove
             pruning_group(graph, conv, remove).prune()

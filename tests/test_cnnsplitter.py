@@ -74,6 +74,19 @@ def test_masked_candidates_equal_rebuilt_modules(arch, tiny_data):
     torch.testing.assert_close(ev.masked(2, masks), ev.rebuilt(2, masks), atol=1e-5, rtol=1e-5)
 
 
+def test_rebuilt_candidates_of_a_grouped_model_come_from_extract(tiny_data):
+    """The fast rebuild does not slice grouped convs; the evaluator then extracts each candidate."""
+    from test_layers import GroupedCNN
+
+    train, _ = tiny_data
+    model = GroupedCNN(classes=4).eval()
+    layers = find_maskable_layers(model, torch.zeros(1, 1, 16, 16))
+    g = torch.Generator().manual_seed(2)
+    masks = {layer.name: (torch.rand(3, layer.out_channels, generator=g) > 0.4).float() for layer in layers}
+    ev = C.Evaluator(model, layers, train.take(range(20)), C.CNNSplitterConfig(**SMALL), "cpu")
+    torch.testing.assert_close(ev.masked(1, masks), ev.rebuilt(1, masks), atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("arch", ["simcnn", "resnet20", "incecnn"])
 def test_sensitivity_with_a_shared_prefix_equals_masking_every_copy(arch, tiny_data):
     """Pruning one segment, the network before it runs once; the curves equal masking all N copies
