@@ -13,7 +13,7 @@ importance-ordered kernel groups, on the shared mask machinery.
    of that segment's kernels (every other layer whole) and are composed in one batched pass. The
    rule: ``r_min`` is the smallest ratio whose composed validation accuracy stays within
    ``sensitivity_tolerance`` of the unpruned composition; the segment's initial ratios are
-   ``r_min, r_min + 0.1, r_min + 0.2`` (clipped to 1), and it counts as *sensitive* when
+   ``r_min, r_min + 0.1, r_min + 0.2`` (``sensitivity_offsets``; clipped to 0.1–1), and it counts as *sensitive* when
    ``r_min ≥ 0.5``. ``ratios`` gives the lists by hand instead.
 4. **Initial population**: per individual and segment, a ratio ``r`` from the segment's list, and
    ``int(ng · r)`` groups drawn without replacement with probability ∝ ``exp((ng − 1 − i) / 10)``.
@@ -89,6 +89,7 @@ class CNNSplitterConfig:
     ratios: dict | None = None             # segment name → initial ratios, by hand (None: automatic)
     sensitivity_grid: list = field(default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0])
     sensitivity_tolerance: float = 0.01
+    sensitivity_offsets: list = field(default_factory=lambda: [0.0, 0.1, 0.2])  # initial ratios: r_min + each
     eval_mode: str = "auto"                # auto | masked | rebuild
     chunk: int = 20                        # candidates per batched masked pass
     patience: int | None = None            # stop after this many generations without a better ensemble
@@ -324,7 +325,7 @@ def search(model: nn.Module, train: D.ImageDataset, val: D.ImageDataset, cfg: CN
         sens, ratios, r_min = state["sensitivity"], state["ratios"], state["r_min"]
     elif cfg.ratios is None:
         sens = layer_sensitivity(model, layers, enc, evaluator, cfg.sensitivity_grid)
-        ratios, r_min = ratios_from_sensitivity(sens, cfg.sensitivity_tolerance)
+        ratios, r_min = ratios_from_sensitivity(sens, cfg.sensitivity_tolerance, cfg.sensitivity_offsets)
     else:
         unknown = set(cfg.ratios) - {s["name"] for s in enc.segments}
         if unknown:

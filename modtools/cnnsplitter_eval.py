@@ -250,15 +250,16 @@ def _own(evaluator: Evaluator, masks: dict[str, torch.Tensor], n: int, expand_at
     return logits[torch.arange(n), :, torch.arange(n)]          # module c's class-c logit: N × V
 
 
-def ratios_from_sensitivity(sens: dict, tolerance: float) -> tuple[dict[str, list[float]], dict[str, float]]:
+def ratios_from_sensitivity(sens: dict, tolerance: float, offsets: Sequence[float] = (0.0, 0.1, 0.2)
+                            ) -> tuple[dict[str, list[float]], dict[str, float]]:
     """The stated rule: ``r_min`` = the smallest ratio within ``tolerance`` of the unpruned composed
-    accuracy; initial ratios ``r_min, r_min + 0.1, r_min + 0.2`` clipped to 1."""
+    accuracy; initial ratios ``r_min + d`` for each offset d (default 0, 0.1, 0.2), clipped to 0.1–1."""
     ratios, r_min = {}, {}
     for name, accs in sens["curves"].items():
         ok = [r for r, a in zip(sens["grid"], accs) if a >= sens["unpruned"] - tolerance]
         r0 = min(ok) if ok else 1.0
         r_min[name] = r0
-        ratios[name] = sorted({round(min(1.0, r0 + d), 2) for d in (0.0, 0.1, 0.2)})
+        ratios[name] = sorted({round(min(1.0, max(0.1, r0 + d)), 2) for d in offsets})
     return ratios, r_min
 
 

@@ -59,6 +59,7 @@ confidence = 0.6           # kernel importance counts samples predicted with at 
 confidence_fallback = "all"  # raise | all: a class without confident samples uses all its samples
 sensitivity_grid = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8]  # ratios of the sensitivity pass
 sensitivity_tolerance = 0.03  # the rule: smallest ratio within this of the unpruned composed accuracy
+sensitivity_offsets = [0.0, 0.1, 0.2]  # initial ratios: that ratio plus each of these
 eval_mode = "auto"         # auto | masked | rebuild (auto: the faster on this device, measured)
 patience = None            # stop after this many generations without a better ensemble (None: never)
 precision = "fp32"         # fp32 | bf16 | auto (bf16 mixed precision where the device computes it fast; see the README)

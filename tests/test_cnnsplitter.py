@@ -264,6 +264,8 @@ def test_ratios_from_sensitivity_rule():
     sens = {"grid": [0.2, 0.4, 0.6, 1.0], "unpruned": 0.9, "curves": {"a": [0.5, 0.895, 0.9, 0.9], "b": [0, 0, 0, 0.9]}}
     ratios, r_min = C.ratios_from_sensitivity(sens, 0.01)
     assert r_min == {"a": 0.4, "b": 1.0} and ratios == {"a": [0.4, 0.5, 0.6], "b": [1.0]}
+    lower, _ = C.ratios_from_sensitivity(sens, 0.01, offsets=(-0.4, -0.1, 0.0))
+    assert lower == {"a": [0.1, 0.3, 0.4], "b": [0.6, 0.9, 1.0]}      # clipped to 0.1 at the bottom
 
 
 def test_modules_equal_the_masked_model_and_are_saved(tiny_data, tmp_path):
