@@ -75,9 +75,9 @@ class Evaluator:
 
     @torch.no_grad()
     def rebuilt(self, c: int, masks: dict[str, torch.Tensor], x: torch.Tensor | None = None) -> torch.Tensor:
-        """The same by building each candidate's smaller network (``modtools.extract``) and running it."""
+        """The same by building each candidate's smaller network (:meth:`_builder`) and running it."""
         x = self.x if x is None else x
-        if torch.device(self.device).type == "cpu":      # CPU convolutions and pooling are faster so
+        if torch.device(self.device).type == "cpu":      # CPU convolutions and pooling run faster channels-last
             x = x.contiguous(memory_format=torch.channels_last)
         p = next(iter(masks.values())).shape[0]
         rows = []

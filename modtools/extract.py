@@ -113,6 +113,16 @@ def _even_groups(item_channels: list[tuple[int, list[int], list[int]]], keep_roo
     return added
 
 
+def private_copy(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` in eval mode, without modtools' architecture tags (a network cut from
+    it is no longer that architecture)."""
+    net = copy.deepcopy(model).eval()
+    for attr in ("modtools_config", "modtools_source"):
+        if hasattr(net, attr):
+            delattr(net, attr)
+    return net
+
+
 def checked_masks(description, masks: Mapping[str, torch.Tensor], on_empty: str,
                   empty_layers: list[str]) -> dict[str, torch.Tensor]:
     """``masks`` checked against the maskable layers (names, shapes, values); a layer whose mask is
@@ -175,9 +185,12 @@ def coupling_groups(net: nn.Module, graph) -> list[tuple[nn.Conv2d, list[Coupled
 
 
 def channels_to_remove(conv: nn.Conv2d, items: list[CoupledItem], mask_of: Mapping[nn.Module, torch.Tensor | None],
-                       paired_norms: set[nn.Module], align: int, rule_counts: dict[str, int]) -> list[int]:
+                       paired_norms: set[nn.Module], align: int = 1,
+                       rule_counts: dict[str, int] | None = None) -> list[int]:
     """The output channels of the group's root ``conv`` that can be removed exactly (the module
-    docstring's rules), counting the channels each rule keeps in ``rule_counts``."""
+    docstring's rules), counting the channels each rule keeps in ``rule_counts`` when given."""
+    if rule_counts is None:
+        rule_counts = {"bn_after_merge": 0, "unmasked_reader": 0, "grouped_even": 0}
     keep_root: set[int] = set()
     grouped_items = []
     for item in items:
@@ -235,10 +248,7 @@ def extract(model: nn.Module, masks: Mapping[str, torch.Tensor], on_empty: str =
         raise ValueError(f"on_empty={on_empty!r} is not allowed; use one of {EXTRACT_ON_EMPTY}")
     if align < 1:
         raise ValueError(f"align must be a positive integer, got {align}")
-    net = copy.deepcopy(model).eval()
-    for attr in ("modtools_config", "modtools_source"):  # the extracted network is no longer that architecture
-        if hasattr(net, attr):
-            delattr(net, attr)
+    net = private_copy(model)
     example = default_input(net, image_size)
     description = find_maskable_layers(net, example, cache=False)   # net is a throw-away copy
     report = ExtractionReport(on_empty=on_empty, align=align, layers=description.to_dict())

@@ -17,7 +17,6 @@ then use :func:`~modtools.extract.extract`.
 """
 from __future__ import annotations
 
-import copy
 from typing import Mapping
 
 import numpy as np
@@ -25,7 +24,7 @@ import torch
 import torch.nn as nn
 
 from .errors import UnsupportedModelError
-from .extract import channels_to_remove, checked_masks, coupling_groups, mask_owners, zero_masked
+from .extract import channels_to_remove, checked_masks, coupling_groups, mask_owners, private_copy, zero_masked
 from .layers import default_input, find_maskable_layers, is_depthwise
 
 # Torch-Pruning's traced operations whose pruning only re-indexes (nothing to slice here).
@@ -63,10 +62,7 @@ class Rebuilder:
     until the next call (copy it with :func:`copy.deepcopy` to keep it)."""
 
     def __init__(self, model: nn.Module, image_size: int = 32):
-        self.net = copy.deepcopy(model).eval()
-        for attr in ("modtools_config", "modtools_source"):
-            if hasattr(self.net, attr):
-                delattr(self.net, attr)
+        self.net = private_copy(model)
         self.description = find_maskable_layers(self.net, default_input(self.net, image_size), cache=False)
         self.groups = coupling_groups(self.net, self.description.graph)
         self.kinds: dict[nn.Module, str] = {}
@@ -117,10 +113,9 @@ class Rebuilder:
         self._copy_zeroed(checked)
         zero_masked(self.net, self.description, checked)
         mask_of, paired_norms = mask_owners(self.description, checked)
-        counts = {"bn_after_merge": 0, "unmasked_reader": 0, "grouped_even": 0}
         drop: dict[tuple[nn.Module, bool], np.ndarray] = {}      # (member, output side) → channels kept
         for conv, items in self.groups:
-            remove = set(channels_to_remove(conv, items, mask_of, paired_norms, 1, counts))
+            remove = set(channels_to_remove(conv, items, mask_of, paired_norms))
             if not remove:
                 continue
             removed = np.zeros(conv.out_channels, dtype=bool)
