@@ -506,7 +506,10 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator, pad: int = 4, fli
     if flip:
         mask = torch.rand(b, generator=generator) < 0.5
         x = torch.where(mask[:, None, None, None], x.flip(3), x)
-    return x.contiguous()
+    # NCHW strides even for one channel, where the permuted crop is also "contiguous": otherwise the
+    # network trains channels-last, whose AVX2 1x1 weight-gradient kernel (oneDNN 3.12) races for narrow
+    # layers, giving run-to-run differences and, at times, a hang (tests/test_data.py).
+    return torch.empty_like(x, memory_format=torch.contiguous_format).copy_(x)
 
 
 class TensorLoader:

@@ -143,6 +143,16 @@ def test_loader_batches_and_augmentation(tiny_data):
         D.TensorLoader(train, batch_size=0)
 
 
+@pytest.mark.parametrize("channels", [1, 3])
+def test_augmented_batches_have_nchw_strides(channels):
+    """A one-channel crop must not come out channels-last: the network would then train channels-last."""
+    x = torch.rand(5, channels, 8, 8)
+    out = D.augment_batch(x, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape and out.stride() == torch.empty(x.shape).stride()
+    conv = torch.nn.Conv2d(channels, 4, 3, padding=1)
+    assert conv(out).stride() == torch.empty(5, 4, 8, 8).stride()
+
+
 def _write_image_folder(root, classes=("b_cat", "a_dog"), per_class=2, sizes=((40, 30), (25, 50))):
     from PIL import Image
 

@@ -92,7 +92,7 @@ def test_reengineering_module_round_trip_and_costs(trained, tmp_path):
     model, train, test = trained
     p = S.target_problem(1, train.class_names)
     tr, va, te = p.data(train, "train"), p.data(test, "validation"), p.data(test, "test")
-    cfg = S.SeaMConfig(lr_mask=0.2, alpha=2.0, epochs=4, init_value=0.5, augment=False, batch_size=16)
+    cfg = S.SeaMConfig(lr_mask=0.05, alpha=2.0, epochs=4, init_value=0.5, augment=False, batch_size=16)
     r1 = S.reengineer(model, p, tr, va, cfg, device="cpu")
     r2 = S.reengineer(model, p, tr, va, cfg, device="cpu")
     assert all(torch.equal(r1.masks[k], r2.masks[k]) for k in r1.masks)          # seeded and deterministic
@@ -115,8 +115,11 @@ def test_reengineering_module_round_trip_and_costs(trained, tmp_path):
     assert card["approach"] == "seam" and card["metrics"]["wrr"] == pytest.approx(r1.wrr)
     assert card["task"]["kind"] == "binary" and card["metrics"]["kept_weights"] > 0
     costs = S.cost_report(model, r1, module, tr.shape, batch_size=8, repeats=2)
-    assert costs["macs"]["nonzero"] <= costs["macs"]["dense"] and costs["macs"]["structured"] <= costs["macs"]["original"]
-    assert 0 < costs["macs_ratio_structured"] <= 1 and costs["latency_seconds"]["structured"] > 0
+    # pruned weights cut the nonzero MACs; removing dead kernels never adds any (the new head may add a few
+    # over the original, so the structured ratio can exceed 1 when no whole kernel died)
+    assert costs["macs"]["nonzero"] < costs["macs"]["dense"] and costs["macs"]["structured"] <= costs["macs"]["dense"]
+    assert costs["macs_ratio_structured"] == pytest.approx(costs["macs"]["structured"] / costs["macs"]["original"])
+    assert costs["latency_seconds"]["structured"] > 0
 
 
 def test_kernel_level_variant_is_structured(trained):
