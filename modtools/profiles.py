@@ -96,7 +96,7 @@ PROFILE_VALUES.update({
         "smoke": {**_SEAM_SMOKE, "groups": [[0, 1], [2, 3]], "latency_repeats": 2},
         "quick": {},
         "paper": {**_SEAM_PAPER, "dataset": "cifar100", "groups": ["fish", "flowers", "vehicles_1", "people"],
-                  "lr_mask": 0.10, "alpha": 2.0},
+                  "lr_mask": 0.10, "alpha": 2.0, "select_tolerance": 0.0},
     },
     "52_seam_defect_inheritance": {
         "smoke": {"source": "digits", "target": "digits", "width": 0.25, "per_class": 40, "test_per_class": 20,

@@ -33,7 +33,11 @@
 # whole kernels instead of single weights: every pruned weight is then part of a removed kernel, so
 # the saving turns into real speed, at some cost in accuracy; it is run on the same groups, and it
 # accepts epochs within `kernel_tolerance` of the original model's validation accuracy (removing a
-# whole kernel rarely costs nothing at all; the weight-level rows keep the published rule).
+# whole kernel rarely costs nothing at all). The weight-level rows accept epochs within
+# `select_tolerance` (0.5 pt) of it: the validation split holds 50 images per class, so the published
+# rule (no tolerance) rejects every later, smaller epoch of the six-class group "rest" over one or two
+# images (measured: WRR 0.78 at epoch 6 with it, 0.66 at epoch 10 within 0.5 pt, the same test
+# accuracy).
 
 # %% tags=["parameters"]
 profile = "quick"          # smoke | quick | paper (set by the runner)
@@ -55,6 +59,7 @@ epochs = 18                # re-engineering epochs (published: 300)
 batch_size = 64            # batch size (published: 64)
 head_every = 5             # every head_every-th epoch trains the head alone (published: 5)
 init_value = 1.0           # initial score of every weight (published: 1.0)
+select_tolerance = 0.005   # accept epochs within this of the original validation accuracy (published: 0)
 kernel_level = False       # one score per kernel instead of per weight (the main rows)
 augment = False            # random crop + flip while re-engineering (published: True)
 steps_per_epoch = 20       # cap on mini-batches per epoch (None: the whole split)
