@@ -106,8 +106,12 @@ def test_reengineering_module_round_trip_and_costs(trained, tmp_path):
     folder = module.save(tmp_path / "seam")
     from modtools.io import load_tensors
     stored = load_tensors(folder / "weights.safetensors")
-    conv = next(k for k in stored if k.startswith("network.") and k.endswith("conv1.weight"))
-    assert (stored[conv] == 0).any()                                            # pruned weights are exact zeros
+    # pruned weights are exact zeros: the stored masked layers hold exactly the kept weights as non-zeros
+    # (which layers lose weights varies with the CPU's numerics, so count over all of them)
+    assert all("network." + k in stored for k in r1.masks)
+    nonzero = sum(int((stored["network." + k] != 0).sum()) for k in r1.masks)
+    total = sum(r1.masks[k].numel() for k in r1.masks)
+    assert nonzero == S.kept_weights(r1, model) < total
     again = Module.load(folder, model=model)
     with torch.no_grad():
         assert torch.equal(again(x), module(x))
