@@ -44,6 +44,7 @@ class CompareConfig:
 
     approaches: list = field(default_factory=lambda: ["baseline", "gradsplitter", "cnnsplitter", "seam", "mwt"])
     approach_params: dict = field(default_factory=dict)  # approach → overrides of its base settings
+    arch_params: dict = field(default_factory=dict)      # architecture → approach → overrides of those, for it only
     quick_settings: bool = True     # base settings: the registry's quick CPU ones (False: the config defaults)
     search_per_class: int | None = 300               # training images per class the searches see (None: all)
     val_per_class: int | None = 20                   # validation images per class that score the searches (None: all)
@@ -59,13 +60,34 @@ class CompareConfig:
         unknown = sorted(set(self.approach_params) - set(list_approaches()))
         if unknown:
             raise ValueError(f"approach_params for unknown approaches {unknown}; allowed: {', '.join(list_approaches())}")
-        for name, values in self.approach_params.items():
-            base = get_approach(name).quick if self.quick_settings else {}
+        self._check_overrides(self.approach_params, "approach_params", {})
+        for arch, per_approach in self.arch_params.items():
+            if not isinstance(per_approach, dict):
+                raise ValueError(f"arch_params[{arch!r}]={per_approach!r}; allowed: a dict of approach to overrides")
+            unknown = sorted(set(per_approach) - set(list_approaches()))
+            if unknown:
+                raise ValueError(f"arch_params[{arch!r}] names unknown approaches {unknown}; "
+                                 f"allowed: {', '.join(list_approaches())}")
+            self._check_overrides(per_approach, f"arch_params[{arch!r}]", self.approach_params)
+
+    def _check_overrides(self, overrides: dict, where: str, under: dict) -> None:
+        for name, values in overrides.items():
+            base = {**(get_approach(name).quick if self.quick_settings else {}), **under.get(name, {})}
             for cap in DATA_CAPS:
                 v = values.get(cap)
                 if v is not None and not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
-                    raise ValueError(f"approach_params[{name!r}][{cap!r}]={v!r}; allowed: an integer >= 1 or None")
-            make_config(name, {**base, **{k: v for k, v in values.items() if k not in DATA_CAPS}})  # fails early
+                    raise ValueError(f"{where}[{name!r}][{cap!r}]={v!r}; allowed: an integer >= 1 or None")
+            merged = {**base, **values}
+            make_config(name, {k: v for k, v in merged.items() if k not in DATA_CAPS})  # fails early
+
+    def check_archs(self, archs: Sequence[str]) -> None:
+        """Raise if ``arch_params`` names an architecture that is neither run here (``archs``) nor in the
+        zoo (a typo); overrides for a zoo architecture left out of ``archs`` are simply unused."""
+        from .models import list_models
+        allowed = sorted(set(archs) | set(list_models()))
+        unknown = sorted(set(self.arch_params) - set(allowed))
+        if unknown:
+            raise ValueError(f"arch_params for unknown architectures {unknown}; allowed: {', '.join(allowed)}")
 
 
 class SideBySide(nn.Module):
@@ -92,12 +114,14 @@ def _retention(modules: Sequence[Module]) -> tuple[float, str]:
     return sum(m.card()["kernel_retention"] for m in modules) / len(modules), "KRR"
 
 
-def approach_settings(approach: str, cfg: CompareConfig, spec=None) -> tuple[dict, dict]:
+def approach_settings(approach: str, cfg: CompareConfig, spec=None, arch: str | None = None) -> tuple[dict, dict]:
     """``(config values, data caps)`` that ``approach`` runs with: its base settings, the overrides of
-    ``cfg.approach_params``, then, unless those set them, ``cfg.approach_precision`` (or the model's
-    training precision) and, for an approach that trains its own model, the model's epochs."""
+    ``cfg.approach_params``, then those of ``cfg.arch_params`` for ``arch`` (default ``spec.arch``), then, unless those set
+    them, ``cfg.approach_precision`` (or the model's training precision) and, for an approach that trains
+    its own model, the model's epochs."""
     a = get_approach(approach)
-    given = cfg.approach_params.get(approach, {})
+    arch = arch if arch is not None else getattr(spec, "arch", None)
+    given = {**cfg.approach_params.get(approach, {}), **cfg.arch_params.get(arch, {}).get(approach, {})}
     params = {**(a.quick if cfg.quick_settings else {}), **given}
     caps = {k: params.pop(k) for k in DATA_CAPS if k in params}
     if "precision" not in given and "precision" in {f.name for f in dataclasses.fields(a.config)}:
@@ -125,7 +149,7 @@ def compare_row(approach: str, arch: str, model: nn.Module, data: SpecData, clas
         return {**row, "accuracy": None, "accuracy_loss": None, "retention": None, "retention_kind": a.retention,
                 "macs_ratio": None, "params_ratio": None, "latency_ratio": None, "seconds_to_module": None,
                 "note": f"{a.title} reuses modules for groups of {a.min_classes} or more classes"}
-    params, caps = approach_settings(approach, cfg, spec)
+    params, caps = approach_settings(approach, cfg, spec, arch)
     conf = make_config(approach, params)
     model = model.eval()
     key = (approach, arch)

@@ -141,7 +141,7 @@ PROFILE_VALUES.update({
         "quick": {},
         "paper": {"dataset": "cifar10", "width": 1.0, "per_class": None, "test_per_class": None, "epochs": 200,
                   "lr": 0.01, "schedule": "step", "milestones": [60, 120], "augment": True, "search_per_class": None,
-                  "val_per_class": None, "quick_settings": False, "approach_params": {},   # each approach as published
+                  "val_per_class": None, "quick_settings": False, "approach_params": {}, "arch_params": {},   # as published
                   "approach_precision": "fp32"},
     },
     "90_module_foundry": {

@@ -29,7 +29,10 @@
 #
 # The approaches start from the registry's quick CPU settings (`modtools.approaches`); GradSplitter,
 # CNNSplitter and SeaM use the fast schedules of notebooks 30, 20 and 50 (`approach_params`), on a
-# capped search set (`search_per_class`, `val_per_class`, per approach where given). This is what
+# capped search set (`search_per_class`, `val_per_class`, per approach where given, and per
+# architecture in `arch_params`: the residual network's GradSplitter search sees 100 training and 50
+# validation images per class, a third of the plain network's, to keep the main job within its
+# 30 minutes; the plain network's must match notebook 30's to reuse it). This is what
 # each gives in a few minutes of CPU, not its published quality (the approach notebooks 20-52 show
 # that), computing in bf16 mixed precision where the CPU has it (`approach_precision`; the models and
 # every reported number stay float32). A search that another notebook already ran the same way in
@@ -62,6 +65,7 @@ augment = False            # random crop + flip while training
 tasks = [[2], [0, 2, 4, 6]]  # sub-tasks: one class (class vs rest) and a group of classes
 approaches = ["baseline", "cnnsplitter", "gradsplitter", "mwt", "seam"]  # registered approaches to compare
 approach_params = {"baseline": {"keep_fraction": 0.75}, "cnnsplitter": {"val_per_class": 20}, "gradsplitter": {"first_head_epochs": 3, "cycle_epochs": 12, "cycle_mask": 3, "cycle_head": 1, "init": "value", "init_value": 0.05, "lr_mask": 0.0015, "lr_head": 0.05, "lr_head_later": 0.005, "alpha": 0.5, "select": "per_module", "seed": 0, "search_per_class": 300, "val_per_class": 100}, "seam": {"epochs": 10, "lr_mask": 0.1, "alpha": 3.0, "steps_per_epoch": 20}}  # per approach, overrides of the base settings and its own search_per_class or val_per_class (the schedules of notebooks 20, 30 and 50)
+arch_params = {"rescnn": {"gradsplitter": {"search_per_class": 100, "val_per_class": 50}}}  # per architecture, overrides of approach_params for it only
 quick_settings = True      # start from the registry quick CPU settings (False: each config default)
 search_per_class = 100     # training images per class the searches see (None: all)
 val_per_class = 50         # validation images per class that score the searches (None: all)
@@ -86,6 +90,7 @@ params = current_parameters(globals(), NOTEBOOK)
 run_dir = Path(run_dir)
 cache = run_dir.parent / "models"
 cfg = config_from(CompareConfig, params)
+cfg.check_archs(archs)
 device_used = str(T.resolve_device(device))
 
 # %% [markdown]

@@ -21,6 +21,28 @@ def test_config_rejects_unknown_approaches_and_bad_settings_before_any_run():
         C.CompareConfig(approach_params={"baseline": {"keep_fraction": 7.0}})
     cfg = C.CompareConfig(approach_params={"cnnsplitter": {"val_per_class": 5}})   # a data cap is not a config field
     assert cfg.approach_params["cnnsplitter"] == {"val_per_class": 5}
+    with pytest.raises(ValueError, match=r"arch_params\['rescnn'\] names unknown approaches \['magic'\]"):
+        C.CompareConfig(arch_params={"rescnn": {"magic": {}}})
+    with pytest.raises(ValueError, match=r"arch_params\['rescnn'\]\['gradsplitter'\]\['search_per_class'\]=0"):
+        C.CompareConfig(arch_params={"rescnn": {"gradsplitter": {"search_per_class": 0}}})
+    with pytest.raises(ValueError, match=r"arch_params\['rescnn'\]=3; allowed: a dict"):
+        C.CompareConfig(arch_params={"rescnn": 3})
+    with pytest.raises(Exception, match="keep_fraction"):
+        C.CompareConfig(arch_params={"simcnn": {"baseline": {"keep_fraction": 7.0}}})
+    with pytest.raises(ValueError, match=r"unknown architectures \['res_cnn'\]; allowed: .*rescnn"):
+        C.CompareConfig(arch_params={"res_cnn": {}}).check_archs(["simcnn"])
+    C.CompareConfig(arch_params={"rescnn": {}}).check_archs(["simcnn"])     # a zoo model not run: unused
+
+
+def test_arch_params_override_approach_params_for_that_architecture_only():
+    cfg = C.CompareConfig(approach_params={"gradsplitter": {"alpha": 0.5, "search_per_class": 300, "val_per_class": 100}},
+                          arch_params={"rescnn": {"gradsplitter": {"search_per_class": 100, "alpha": 0.7}}})
+    cfg.check_archs(["simcnn", "rescnn"])
+    plain, plain_caps = C.approach_settings("gradsplitter", cfg, arch="simcnn")
+    res, res_caps = C.approach_settings("gradsplitter", cfg, arch="rescnn")
+    assert plain_caps == {"search_per_class": 300, "val_per_class": 100} and plain["alpha"] == 0.5
+    assert res_caps == {"search_per_class": 100, "val_per_class": 100} and res["alpha"] == 0.7
+    assert C.approach_settings("seam", cfg, arch="rescnn") == C.approach_settings("seam", cfg, arch="simcnn")
 
 
 def test_search_data_caps_train_and_validation_only():
