@@ -71,6 +71,7 @@ confidence = 0.6           # CNNSplitter importance confidence
 confidence_fallback = "all"  # raise | all
 sensitivity_grid = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8]  # CNNSplitter sensitivity ratios
 sensitivity_tolerance = 0.03  # CNNSplitter sensitivity rule
+sensitivity_offsets = [0.0, 0.1, 0.2]  # CNNSplitter initial-ratio offsets
 eval_mode = "auto"         # auto | masked | rebuild
 patience = None            # CNNSplitter early stop (None: never)
 target_classes = [2, 4]    # target classes (ids of the data set) to patch
