@@ -78,6 +78,16 @@ def fidelity_table(runs_dir: str | os.PathLike) -> tuple[str, int | None]:
     return (proc.stdout + proc.stderr).strip(), proc.returncode
 
 
+def _shown(path: Path) -> str:
+    """``path`` relative to the repository when it lies inside it (the page should not name one machine's folders)."""
+    from .runner import repo_root
+
+    try:
+        return str(path.resolve().relative_to(repo_root().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def write_figures_readme(figures_dir: str | os.PathLike, runs_dir: str | os.PathLike, profile: str,
                          timings: Mapping[str, float], failed: list[str] | None = None) -> Path:
     """Write ``figures_dir/README.md`` (atomically) and return its path."""
@@ -104,7 +114,7 @@ def write_figures_readme(figures_dir: str | os.PathLike, runs_dir: str | os.Path
         lines += ["The fidelity check (`../shared/checks/fidelity.py`, or `$MODTOOLS_FIDELITY`) is not on this "
                   "machine; each notebook's `results.json` under `runs/` holds the measured values."]
     else:
-        lines += [f"`fidelity.py --runs {runs_dir}` (exit status {status}: "
+        lines += [f"`fidelity.py --runs {_shown(runs_dir)}` (exit status {status}: "
                   f"{'every target holds' if status == 0 else 'some targets fall short, marked SHORT'}):", "",
                   "```", table, "```"]
     path = figures_dir / "README.md"

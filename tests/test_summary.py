@@ -20,3 +20,16 @@ def test_figures_readme_lists_figures_times_and_fidelity(tmp_path, monkeypatch):
     assert "exit status 1" in text and "SHORT" in text and f"'--runs', '{runs}'" in text
     monkeypatch.setenv("MODTOOLS_FIDELITY", str(tmp_path / "absent.py"))
     assert "is not on this machine" in write_figures_readme(figs, runs, "quick", {}).read_text()
+
+
+def test_figures_readme_names_the_runs_folder_relative_to_the_repository(tmp_path, monkeypatch):
+    from modtools.runner import repo_root
+
+    figs = tmp_path / "figures"
+    figs.mkdir()
+    script = tmp_path / "fidelity.py"
+    script.write_text("print('20  mean KRR  0.6  <= 0.7  ok')\n")
+    monkeypatch.setenv("MODTOOLS_FIDELITY", str(script))
+    text = write_figures_readme(figs, repo_root() / "runs", "quick", {}).read_text()
+    assert "`fidelity.py --runs runs` (exit status 0: every target holds)" in text
+    assert str(repo_root()) not in text
