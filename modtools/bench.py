@@ -221,13 +221,7 @@ def bench_seam(archs: tuple = (("resnet20", 1.0), ("vgg16", 0.5)), batch_size: i
 
 def _reengineer_step(engine, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> None:
     """One joint (masks + head) step of a SeaM :class:`~modtools.seam.Reengineer`, as its run does it (α = 1)."""
-    import torch.nn.functional as F
-
-    engine.refresh_alive()
-    loss = F.cross_entropy(engine.forward(x), y) + engine.retention()
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
+    engine.step(x, y, opt)
 
 
 def _seam_problems_together(source: nn.Module, problems: int, batch_size: int, image_size: int, steps: int) -> dict:

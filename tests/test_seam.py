@@ -55,11 +55,15 @@ def test_binary_problem_data_is_balanced_and_seeded(trained):
 def test_all_ones_scores_change_nothing_and_wrr_counts_weights_and_biases(trained):
     model, train, _ = trained
     p = S.target_problem([0, 1], train.class_names)
-    engine = S.Reengineer(model, p, S.SeaMConfig(), train.shape, "cpu")
+    engine = S.Reengineer(model, p, S.SeaMConfig(), train.shape, "cpu", fold_norms=False)
     x = train.float_images()[:6]
     engine.refresh_alive()
     with torch.no_grad():
         assert torch.equal(engine.model(x), model(x))
+    folded = S.Reengineer(model, p, S.SeaMConfig(), train.shape, "cpu")
+    folded.refresh_alive()
+    with torch.no_grad():   # BN folded into the convs: the same function up to float rounding
+        torch.testing.assert_close(folded.model(x), model(x), rtol=1e-5, atol=1e-5)
     expected = sum(m.weight.numel() + (m.bias.numel() if m.bias is not None else 0)
                    for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
     assert sum(s.numel() for s in engine.weights.scores().values()) == expected   # no BN, no head
@@ -69,6 +73,39 @@ def test_all_ones_scores_change_nothing_and_wrr_counts_weights_and_biases(traine
     first = next(iter(engine.weights.scores().values())).numel()
     assert float(engine.retention().detach()) == pytest.approx(1 - first / expected)
     engine.gating.remove()
+
+
+@pytest.mark.parametrize("arch", ["resnet20", "vgg16", "incecnn", "tv:mobilenet_v3_small"])
+def test_folded_norms_compute_what_the_model_with_its_bns_computes(arch):
+    """Folding the frozen BNs into their convs changes nothing but rounding, dead kernels and the
+    depthwise followers of dead kernels included; the step's cached ``score > 0`` changes nothing."""
+    model = tiny_model(arch, in_channels=1, num_classes=4)
+    p = S.target_problem(1, ["a", "b", "c", "d"])
+    plain = S.Reengineer(model, p, S.SeaMConfig(), (1, 32, 32), "cpu", fold_norms=False)
+    folded = S.Reengineer(model, p, S.SeaMConfig(), (1, 32, 32), "cpu")
+    assert folded._folded and not any(isinstance(m, nn.BatchNorm2d) for m in folded.model.modules())
+    g = torch.Generator().manual_seed(0)
+    scores = plain.weights.scores()
+    convs = {n.rsplit(".", 1)[0] for n, s in scores.items() if s.ndim == 4}
+    with torch.no_grad():
+        for name, score in scores.items():
+            r = torch.rand(score.shape, generator=g) - 0.3
+            if name.rsplit(".", 1)[0] in convs:
+                r[:2] = -1.0                                   # two dead kernels (weights and bias) in every conv
+            score.copy_(r)
+            folded.weights.scores()[name].copy_(r)
+    x = torch.rand(5, 1, 32, 32)
+    with torch.no_grad():
+        plain.refresh_alive()
+        expected = plain.forward(x)
+        with folded.binarized():
+            folded.refresh_alive()
+            cached, wrr = folded.forward(x), float(folded.retention())
+        folded.refresh_alive()
+        uncached = folded.forward(x)
+    assert folded._alive and set(folded._alive) == set(plain._alive)
+    assert torch.equal(cached, uncached) and wrr == pytest.approx(float(plain.retention().detach()))
+    torch.testing.assert_close(uncached, expected, rtol=1e-4, atol=1e-5)
 
 
 def test_selection_rule_on_scripted_epochs():
