@@ -31,7 +31,11 @@
 # with the published acceptance rule (the original selected on the test split); the test split is
 # read once. The published schedule needs hundreds of epochs because Adam moves each score by about
 # `lr_mask` per step from a start of 1; the quick profile doubles `lr_mask`, quadruples α and runs twelve
-# epochs of 20 mini-batches (the `paper` profile keeps the published values and 300 epochs).
+# epochs of 20 mini-batches (the `paper` profile keeps the published values and 300 epochs). The
+# head learns at 0.02 instead of 0.1: with only 20 steps an epoch, Adam at 0.1 swings the head by
+# several points of accuracy from one epoch to the next, and the selection then picks noise
+# (measured on this model, 10 classes: WRR 0.37 at +3.4 pt with 0.1; 0.30 at +3.8 pt with 0.02, and
+# 0.31 at +3.2 pt with the seed 1 instead of 0).
 # Starting the scores near 0 instead is not a shortcut: Adam's first steps then push half the
 # weights below 0 at once, and the network collapses. Dropout is off while re-engineering. The original model (ResNet-20 ½, six epochs) is the standard model of
 # `40_mwt_modular_training`, shared through the model cache.
@@ -47,7 +51,7 @@ model_epochs = 6           # training epochs of the original model (SGD, Nestero
 model_lr = 0.05            # learning rate of the original model
 target_classes = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]  # each becomes a "class vs rest" problem
 lr_mask = 0.1              # Adam lr of the mask scores (published for ResNet-20/CIFAR-10: 0.05)
-lr_head = 0.1              # Adam lr of the new head (published: 0.1)
+lr_head = 0.02             # Adam lr of the new head (published: 0.1; see above)
 alpha = 4.0                # weight of the WRR (published for ResNet-20/CIFAR-10: 1.0)
 epochs = 12                # re-engineering epochs (published: 300)
 batch_size = 64            # batch size (published: 64)
