@@ -277,12 +277,13 @@ class _FoldedNorm(nn.Module):
         self.alive: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # in place: x is the conv's fresh output, which the conv's backward does not keep
         view = (1, -1, *([1] * (x.ndim - 2)))
         if self.alive is None:
-            return x + self.shift.to(x.dtype).view(view)
+            return x.add_(self.shift.to(x.dtype).view(view))
         if self.follower:
-            return (x + self.shift.to(x.dtype).view(view)) * self.alive.to(x.dtype).view(view)
-        return x + (self.shift * self.alive).to(x.dtype).view(view)
+            return x.add_(self.shift.to(x.dtype).view(view)).mul_(self.alive.to(x.dtype).view(view))
+        return x.add_((self.shift * self.alive).to(x.dtype).view(view))
 
 
 @torch.no_grad()

@@ -12,7 +12,7 @@ from modtools import train as T
 from modtools.errors import InvalidClassError, UnknownNameError
 from modtools.module import Module
 
-from conftest import tiny_model
+from conftest import ALL_ARCHS, tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +75,7 @@ def test_all_ones_scores_change_nothing_and_wrr_counts_weights_and_biases(traine
     engine.gating.remove()
 
 
-@pytest.mark.parametrize("arch", ["resnet20", "vgg16", "incecnn", "tv:mobilenet_v3_small"])
+@pytest.mark.parametrize("arch", ALL_ARCHS + ["tv:mobilenet_v3_small"])
 def test_folded_norms_compute_what_the_model_with_its_bns_computes(arch):
     """Folding the frozen BNs into their convs changes nothing but rounding, dead kernels and the
     depthwise followers of dead kernels included; the step's cached ``score > 0`` changes nothing."""
@@ -83,7 +83,8 @@ def test_folded_norms_compute_what_the_model_with_its_bns_computes(arch):
     p = S.target_problem(1, ["a", "b", "c", "d"])
     plain = S.Reengineer(model, p, S.SeaMConfig(), (1, 32, 32), "cpu", fold_norms=False)
     folded = S.Reengineer(model, p, S.SeaMConfig(), (1, 32, 32), "cpu")
-    assert folded._folded and not any(isinstance(m, nn.BatchNorm2d) for m in folded.model.modules())
+    has_norms = any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert bool(folded._folded) == has_norms and not any(isinstance(m, nn.BatchNorm2d) for m in folded.model.modules())
     g = torch.Generator().manual_seed(0)
     scores = plain.weights.scores()
     convs = {n.rsplit(".", 1)[0] for n, s in scores.items() if s.ndim == 4}
@@ -105,7 +106,16 @@ def test_folded_norms_compute_what_the_model_with_its_bns_computes(arch):
         uncached = folded.forward(x)
     assert folded._alive and set(folded._alive) == set(plain._alive)
     assert torch.equal(cached, uncached) and wrr == pytest.approx(float(plain.retention().detach()))
-    torch.testing.assert_close(uncached, expected, rtol=1e-4, atol=1e-5)
+    scale = float(expected.abs().max())
+    torch.testing.assert_close(uncached / scale, expected / scale, rtol=1e-4, atol=1e-5)
+    # the masks as a result: its module (dead kernels removed) computes what the re-engineered model computes
+    result = S.SeaMResult(folded.binary_masks(), {k: v.detach().clone() for k, v in folded.head.state_dict().items()},
+                          [{"wrr": wrr, "val_accuracy": 1.0}], 1, True, 1.0, p, {"kernel_level": False}, 4)
+    shape_only = D.synthetic(4, 1, 32, 1, seed=0)
+    module = S.to_module(model, result, shape_only)
+    with torch.no_grad():
+        dense = S.reengineered_model(model, result, (1, 32, 32))(x)
+        torch.testing.assert_close(module(x) / scale, dense / scale, rtol=1e-4, atol=1e-5)
 
 
 def test_selection_rule_on_scripted_epochs():
