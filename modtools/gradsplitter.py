@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from . import data as D
 from .errors import CheckpointError, check_classes, check_range
 from .io import atomic_write_json, config_hash, load_tensors, read_json, save_tensors, state_hash
+from .fold import fold_norms_into_convs
 from .masks import MaskableLayer, batched_forward, binarize_ste, channels_last_on_cpu, find_maskable_layers
 from .metrics import classification_report, roc_auc
 from .module import Module
@@ -185,10 +186,15 @@ class SplitResult:
 
 
 class GradSplitter:
-    """The search state: frozen model, mask scores ``{layer: (N, C)}``, batched heads."""
+    """The search state: frozen model, mask scores ``{layer: (N, C)}``, batched heads.
+
+    With ``fold_norms`` the search runs on a copy of the model whose frozen BNs are folded into their
+    convs (:func:`modtools.fold.fold_norms_into_convs`): the same function up to float rounding, about
+    a sixth less time per mask step on a CPU. ``folded_norms`` counts them (0 when nothing folded).
+    """
 
     def __init__(self, model: nn.Module, num_classes: int, cfg: GradSplitterConfig, input_shape: Sequence[int],
-                 device: str = "auto"):
+                 device: str = "auto", fold_norms: bool = True):
         self.cfg, self.device = cfg, resolve_device(device)
         self.model = model.eval().to(self.device)
         for p in self.model.parameters():
@@ -196,6 +202,9 @@ class GradSplitter:
         seed_everything(cfg.seed)
         example = torch.zeros(1, *input_shape, device=self.device)
         self.layers: list[MaskableLayer] = find_maskable_layers(self.model, example)
+        self.folded_norms = 0
+        if fold_norms:   # the same function without BN's passes (see modtools.fold); masks keep the layer names
+            self.model, self.layers, self.folded_norms = fold_norms_into_convs(self.model, self.layers, example)
         self.n = num_classes
         self.scores = {layer.name: nn.Parameter(self._init((self.n, layer.out_channels))) for layer in self.layers}
         self.heads = ModuleHeads(self.n, num_classes, cfg.head_hidden).to(self.device)

@@ -45,6 +45,7 @@ import torch.nn.functional as F
 
 from . import data as D
 from .errors import InvalidClassError, UnknownNameError, check_classes, check_range
+from .fold import frozen_norm_affine
 from .masks import ChannelGating, WeightMasks, binarize_ste, find_maskable_layers
 from .module import Module
 from .precision import autocast, check_precision
@@ -298,13 +299,10 @@ def fold_frozen_norms(model: nn.Module, layers) -> dict[str, list[_FoldedNorm]]:
     units = [(layer, layer.conv, layer.norm_name, layer.norm, False) for layer in layers]
     units += [(layer, f.conv, f.norm_name, f.norm, True) for layer in layers for f in layer.followers]
     for layer, conv, norm_name, norm, follower in units:
-        if (not isinstance(norm, nn.BatchNorm2d) or norm.training or norm.running_var is None
-                or norm_name is None):
+        affine = frozen_norm_affine(norm)
+        if affine is None or norm_name is None:
             continue
-        scale = (norm.running_var + norm.eps).rsqrt()
-        if norm.weight is not None:
-            scale = scale * norm.weight
-        shift = -norm.running_mean * scale + (norm.bias if norm.bias is not None else 0.0)
+        scale, shift = affine
         conv.weight.mul_(scale.view(-1, *([1] * (conv.weight.ndim - 1))))
         if conv.bias is not None:
             conv.bias.mul_(scale)
