@@ -71,7 +71,7 @@ PROFILE_VALUES.update({
     "41_mwt_threshold_sweep": {
         "smoke": {**_MWT_SMOKE, "thresholds": [0.3, 0.9], "finetune_epochs": 1},
         "quick": {},
-        "paper": {**_MWT_PAPER, "finetune_epochs": 10},
+        "paper": {**_MWT_PAPER, "finetune_epochs": 10, "thresholds": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]},
     },
     "42_mwt_subtask_reuse": {
         "smoke": {**_MWT_SMOKE, "subtasks": [[0, 1], [1, 2, 3]], "finetune_epochs": 1, "latency_repeats": 2},
