@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -304,7 +305,9 @@ def search(model: nn.Module, train: D.ImageDataset, val: D.ImageDataset, cfg: CN
     """Run CNNSplitter on a trained model; ``train`` gives the kernel importance, ``val`` the fitness.
 
     With ``checkpoint``, the populations and random states are written there after every generation,
-    and a later call with the same folder resumes from the last generation written.
+    and a later call with the same folder resumes from the last generation written. A call asking for
+    fewer generations than the checkpoint holds searches anew without it (with a warning) and leaves it
+    as it is: the checkpoint's best may come from a generation after the ones asked for.
     """
     cfg = cfg or CNNSplitterConfig()
     t_start = time.perf_counter()
@@ -321,6 +324,11 @@ def search(model: nn.Module, train: D.ImageDataset, val: D.ImageDataset, cfg: CN
     state = read_json(folder / "state.json") if folder is not None and (folder / "state.json").is_file() else None
     if state is not None:
         _check_resumable(state.get("config", {}), asdict(cfg), folder)
+        ran = int(state["next_generation"]) - 1
+        if ran > cfg.generations:       # its best may come from a later generation: it is not this search's result
+            warnings.warn(f"the search in {folder} has run {ran} generations, more than generations={cfg.generations}: "
+                          "searching anew without it (the checkpoint is left as it is)", stacklevel=2)
+            folder, state = None, None
     if state is not None and "ratios" in state:                 # a resumed search reuses its sensitivity pass
         sens, ratios, r_min = state["sensitivity"], state["ratios"], state["r_min"]
     elif cfg.ratios is None:

@@ -453,6 +453,15 @@ def test_a_finished_checkpoint_is_reused_and_a_changed_config_is_refused(tiny_da
     with pytest.raises(CheckpointError, match="alpha"):
         C.search(model, train, test, C.CNNSplitterConfig(**{**SMALL, "alpha": 0.5}), device="cpu",
                  checkpoint=tmp_path / "ck")
+    # fewer generations than the checkpoint holds: a search of its own, the checkpoint untouched
+    fewer = C.CNNSplitterConfig(**{**SMALL, "generations": SMALL["generations"] - 1})
+    saved = (tmp_path / "ck" / "state.json").read_bytes()
+    with pytest.warns(UserWarning, match=f"has run {SMALL['generations']} generations, more than generations=1"):
+        short = C.search(model, train, test, fewer, device="cpu", checkpoint=tmp_path / "ck")
+    alone = C.search(model, train, test, fewer, device="cpu")
+    assert len(short.history) == fewer.generations + 1 == len(alone.history)
+    assert [h["ensemble_fitness"] for h in short.history] == [h["ensemble_fitness"] for h in alone.history]
+    assert (tmp_path / "ck" / "state.json").read_bytes() == saved
 
 
 def test_a_checkpoint_saved_before_the_precision_setting_resumes_as_fp32(tiny_data, tmp_path):
