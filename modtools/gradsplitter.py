@@ -188,10 +188,9 @@ class SplitResult:
 class GradSplitter:
     """The search state: frozen model, mask scores ``{layer: (N, C)}``, batched heads.
 
-    With ``fold_norms`` a float32 search runs on a copy of the model whose frozen BNs are folded into
-    their convs (:func:`modtools.fold.fold_norms_into_convs`): the same function up to float rounding,
-    about a seventh less time per mask step on a CPU. A bf16 search keeps its BNs (the folded scale
-    would be rounded into the bf16 weights). ``folded_norms`` counts them (0 when nothing folded).
+    With ``fold_norms`` the search runs on a copy of the model whose frozen BNs are folded into their
+    convs (:func:`modtools.fold.fold_norms_into_convs`): the same function up to float rounding, about
+    a seventh less time per mask step on a CPU. ``folded_norms`` counts them (0 when nothing folded).
     """
 
     def __init__(self, model: nn.Module, num_classes: int, cfg: GradSplitterConfig, input_shape: Sequence[int],
@@ -204,9 +203,7 @@ class GradSplitter:
         example = torch.zeros(1, *input_shape, device=self.device)
         self.layers: list[MaskableLayer] = find_maskable_layers(self.model, example)
         self.folded_norms = 0
-        # the same function without BN's passes (see modtools.fold); masks keep the layer names. Only in
-        # float32: in bf16 the folded scale would be rounded into the weights, which the BN kept apart
-        if fold_norms and resolved(cfg.precision, self.device) == "fp32":
+        if fold_norms:   # the same function without BN's passes (see modtools.fold); masks keep the layer names
             self.model, self.layers, self.folded_norms = fold_norms_into_convs(self.model, self.layers, example)
         self.n = num_classes
         self.scores = {layer.name: nn.Parameter(self._init((self.n, layer.out_channels))) for layer in self.layers}

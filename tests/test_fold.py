@@ -98,8 +98,6 @@ def test_gradsplitter_search_is_the_same_with_folded_norms():
         assert (splitter.folded_norms > 0) == fold
         runs.append(splitter.run(train, val))
     plain, folded = runs
-    bf16 = G.GradSplitter(model, 4, G.GradSplitterConfig(precision="bf16"), (1, 32, 32), "cpu")
-    assert bf16.folded_norms == 0                         # bf16 searches keep their BNs
     assert all(torch.equal(plain.masks[k], folded.masks[k]) for k in plain.masks)
     assert [h["krr"] for h in plain.history] == [h["krr"] for h in folded.history]
     assert 0.2 < plain.history[-1]["krr"] < 0.9          # the search did drop kernels, not all of them
