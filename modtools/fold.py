@@ -35,16 +35,24 @@ def frozen_norm_affine(norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | N
 
 
 @torch.no_grad()
+def scale_conv_outputs_(conv: nn.Conv2d, scale: torch.Tensor) -> None:
+    """Multiply ``conv``'s output channels by ``scale`` in place (its weights and bias)."""
+    conv.weight.mul_(scale.view(-1, *([1] * (conv.weight.ndim - 1))))
+    if conv.bias is not None:
+        conv.bias.mul_(scale)
+
+
+@torch.no_grad()
 def _fold_into_bias(model: nn.Module, conv: nn.Conv2d, norm_name: str, norm: nn.Module) -> bool:
     affine = frozen_norm_affine(norm)
     if affine is None:
         return False
     scale, shift = affine
-    conv.weight.mul_(scale.view(-1, *([1] * (conv.weight.ndim - 1))))
+    scale_conv_outputs_(conv, scale)
     if conv.bias is None:
         conv.bias = nn.Parameter(shift.clone().to(conv.weight.dtype), requires_grad=conv.weight.requires_grad)
     else:
-        conv.bias.mul_(scale).add_(shift)
+        conv.bias.add_(shift)
     model.set_submodule(norm_name, nn.Identity())
     return True
 

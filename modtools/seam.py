@@ -45,7 +45,7 @@ import torch.nn.functional as F
 
 from . import data as D
 from .errors import InvalidClassError, UnknownNameError, check_classes, check_range
-from .fold import frozen_norm_affine
+from .fold import frozen_norm_affine, scale_conv_outputs_
 from .masks import ChannelGating, WeightMasks, binarize_ste, find_maskable_layers
 from .module import Module
 from .precision import autocast, check_precision
@@ -303,9 +303,7 @@ def fold_frozen_norms(model: nn.Module, layers) -> dict[str, list[_FoldedNorm]]:
         if affine is None or norm_name is None:
             continue
         scale, shift = affine
-        conv.weight.mul_(scale.view(-1, *([1] * (conv.weight.ndim - 1))))
-        if conv.bias is not None:
-            conv.bias.mul_(scale)
+        scale_conv_outputs_(conv, scale)
         shift_module = _FoldedNorm(shift.detach().clone(), follower)
         model.set_submodule(norm_name, shift_module)
         folded.setdefault(layer.name, []).append(shift_module)
