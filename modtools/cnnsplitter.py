@@ -301,8 +301,16 @@ def checkpoint_folder(cache: str | Path, model_key: str, cfg: CNNSplitterConfig,
 
 
 def search(model: nn.Module, train: D.ImageDataset, val: D.ImageDataset, cfg: CNNSplitterConfig | None = None,
-           device: str = "auto", progress: bool = False, checkpoint: str | Path | None = None) -> CNNSplitterResult:
+           device: str = "auto", progress: bool = False, checkpoint: str | Path | None = None,
+           select: D.ImageDataset | None = None) -> CNNSplitterResult:
     """Run CNNSplitter on a trained model; ``train`` gives the kernel importance, ``val`` the fitness.
+
+    The best generation is the one whose ensemble (each class's fittest candidate) scores the highest
+    ``alpha · accuracy + (1 − alpha) · diversity``. As published, that accuracy is measured on ``val``,
+    the images the search fits; with ``select``, held-out images disjoint from ``val`` measure it
+    instead (the spec's advice: a search subset and a selection subset), so the choice does not
+    reward the generations that fit ``val``'s few images best. Each generation's ensemble accuracy on
+    ``select`` is in its history row (``selection_accuracy``).
 
     With ``checkpoint``, the populations and random states are written there after every generation,
     and a later call with the same folder resumes from the last generation written. A call asking for
@@ -357,6 +365,10 @@ def search(model: nn.Module, train: D.ImageDataset, val: D.ImageDataset, cfg: CN
     if calibration is not None and cfg.eval_mode == "auto":
         evaluator.mode = calibration["chosen"]                   # a resumed search keeps its measured choice
     labels = val.labels
+    if select is not None and (select.num_classes != n or len(select) == 0):
+        raise ValueError(f"select must hold images of the model's {n} classes, got {len(select)} images of "
+                         f"{select.num_classes} classes")
+    select_x = select.float_images().to(dev) if select is not None else None
     for gen in range(start, cfg.generations + 1):
         t0 = time.perf_counter()
         pop_masks, kernel_bits = [], []
@@ -384,12 +396,20 @@ def search(model: nn.Module, train: D.ImageDataset, val: D.ImageDataset, cfg: CN
         chosen_bits = torch.stack([kernel_bits[c][chosen[c]] for c in range(n)])
         j = pairwise_jaccard(chosen_bits, chosen_bits)
         diff = float((1 - j).sum() / (n * (n - 1))) if n > 1 else 0.0
-        valid_fitness = cfg.alpha * acc + (1 - cfg.alpha) * diff
+        select_acc = None
+        if select_x is not None:                                # the ensemble on held-out images
+            own_select = torch.cat([evaluator.held_out_logits(c, pops[c][chosen[c]:chosen[c] + 1],
+                                                              {k: v[chosen[c]:chosen[c] + 1] for k, v in pop_masks[c].items()},
+                                                              select_x) for c in range(n)])
+            select_acc = composed_accuracy(own_select, select.labels)
+        valid_fitness = cfg.alpha * (acc if select_acc is None else select_acc) + (1 - cfg.alpha) * diff
         row = {"generation": gen, "best_fitness": float(fitness.max()), "best_compose_fitness": top["fitness"],
                "best_compose_accuracy": top["accuracy"], "ensemble_accuracy": acc, "ensemble_diff": diff,
                "ensemble_fitness": valid_fitness, "weight": weight, "evaluated": evaluator.evaluated,
                "cache_hits": evaluator.hits, "seconds_evaluate": t1 - t0 - slice_seconds, "seconds_fitness": t2 - t1 + slice_seconds,
                "krr": float(chosen_bits.float().mean())}
+        if select_acc is not None:
+            row["selection_accuracy"] = select_acc
         if cfg.halving is not None:
             row["evaluated_slice_only"] = evaluator.evaluated_slice
             if audit_rng is not None:
@@ -441,13 +461,16 @@ class SearchSetup:
     search_val: D.ImageDataset
     cfg: CNNSplitterConfig
     checkpoint: Path
+    select_val: D.ImageDataset | None = None   # held-out images that pick the best generation (None: search_val)
 
 
 def prepare_search(params: dict, cache: str | Path, device: str = "auto") -> SearchSetup:
     """Train (or load) the model the notebook parameters describe and build the search's config.
 
     Uses the parameters ``arch, width, dataset, per_class, test_per_class, epochs, lr, augment,
-    seed, search_val_per_class`` and every field of :class:`CNNSplitterConfig` present in ``params``.
+    seed, search_val_per_class``, the optional ``select_val_per_class`` (validation images per class,
+    disjoint from the search's, that pick the best generation; None or absent: the search's own, as
+    published) and every field of :class:`CNNSplitterConfig` present in ``params``.
     """
     from dataclasses import fields
 
@@ -460,11 +483,21 @@ def prepare_search(params: dict, cache: str | Path, device: str = "auto") -> Sea
                                        precision=params.get("precision", "fp32")))
     data = T.spec_data(spec)
     model, record = T.train_cached(spec, cache=cache, device=device, data=data)
-    search_val = D.limit_per_class(data.val, params["search_val_per_class"], seed=seed)
+    n_select = params.get("select_val_per_class")
     names = {f.name for f in fields(CNNSplitterConfig)}
     cfg = CNNSplitterConfig(**{k: v for k, v in params.items() if k in names})
-    checkpoint = checkpoint_folder(cache, spec.key(), cfg, val_per_class=params["search_val_per_class"])
-    return SearchSetup(spec, data, model, record, search_val, cfg, checkpoint)
+    sizes = {"val_per_class": params["search_val_per_class"]}
+    if n_select is None:
+        search_val, select_val = D.limit_per_class(data.val, params["search_val_per_class"], seed=seed), None
+    else:
+        if params["search_val_per_class"] is None or n_select <= 0:
+            raise ValueError(f"select_val_per_class={n_select!r} needs a positive value and search_val_per_class "
+                             f"set (got {params['search_val_per_class']!r}): the selection images are the "
+                             "validation images the search does not use")
+        search_val, select_val = D.disjoint_per_class(data.val, params["search_val_per_class"], n_select, seed=seed)
+        sizes["select_per_class"] = n_select
+    checkpoint = checkpoint_folder(cache, spec.key(), cfg, **sizes)
+    return SearchSetup(spec, data, model, record, search_val, cfg, checkpoint, select_val)
 
 
 # --------------------------------------------------------------------------------------------

@@ -50,6 +50,7 @@ class Evaluator:
         self.labels = val.labels
         self.cache: dict[tuple[int, bytes], torch.Tensor] = {}      # full rows (V,)
         self.partial: dict[tuple[int, bytes], torch.Tensor] = {}    # first-round rows (S,)
+        self.held_out: dict[tuple[int, bytes], torch.Tensor] = {}   # rows on the selection images
         self.evaluated = 0          # candidates scored on every image
         self.evaluated_slice = 0    # candidates scored on the first-round slice only so far
         self.hits = 0
@@ -167,6 +168,16 @@ class Evaluator:
                 self.cache[keys[i]] = row
         self.evaluated += len(first)
         return torch.stack([self.cache[k] for k in keys])
+
+    def held_out_logits(self, c: int, bits: torch.Tensor, masks: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """``(P, len(x))`` own-class logits on other images ``x`` (the selection subset), cached per
+        chromosome apart from the search's cache, and not counted as evaluated candidates."""
+        keys = self._keys(c, bits)
+        todo = [i for i, k in enumerate(keys) if k not in self.held_out]
+        if todo:
+            for i, row in zip(todo, self._run(c, masks, todo, x)):
+                self.held_out[keys[i]] = row
+        return torch.stack([self.held_out[k] for k in keys])
 
     def slice_logits(self, c: int, bits: torch.Tensor, masks: dict[str, torch.Tensor]) -> torch.Tensor:
         """``(P, S)`` own-class logits on the first-round slice only (``slice_idx``)."""

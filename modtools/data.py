@@ -460,6 +460,24 @@ def limit_per_class(ds: ImageDataset, n: int | None, seed: int = 0) -> ImageData
     return ds.take(idx[torch.randperm(len(idx), generator=g)])
 
 
+def disjoint_per_class(ds: ImageDataset, n: int | None, m: int | None, seed: int = 0) -> tuple[ImageDataset, ImageDataset]:
+    """Two disjoint seeded subsets: at most ``n`` samples per class (exactly :func:`limit_per_class`'s
+    draw for the same seed), and at most ``m`` per class of the remaining samples (``None``: all of
+    them). With ``n`` None the first subset is the whole set and the second is empty."""
+    if n is None or n <= 0:
+        return ds, ds.take(torch.zeros(0, dtype=torch.long))
+    g = torch.Generator().manual_seed(seed)
+    first, second = [], []
+    for c in range(ds.num_classes):
+        idx = torch.nonzero(ds.labels == c).squeeze(1)
+        perm = idx[torch.randperm(len(idx), generator=g)]
+        first.append(perm[:n])
+        second.append(perm[n:] if m is None or m < 0 else perm[n:n + m])
+    a, b = torch.cat(first), torch.cat(second)
+    a = a[torch.randperm(len(a), generator=g)]
+    return ds.take(a), ds.take(b[torch.randperm(len(b), generator=g)])
+
+
 def dirichlet_subset(ds: ImageDataset, alpha: float = 1.0, seed: int = 0, min_size: int = 10,
                      max_tries: int = 1000) -> tuple[ImageDataset, list[float]]:
     """A class-imbalanced subset as GradSplitter draws it.

@@ -480,3 +480,25 @@ def test_a_checkpoint_saved_before_the_precision_setting_resumes_as_fp32(tiny_da
     with pytest.raises(CheckpointError, match="precision='fp32', this call has precision='bf16'"):
         C.search(model, train, test, C.CNNSplitterConfig(**{**SMALL, "precision": "bf16"}), device="cpu",
                  checkpoint=tmp_path / "ck")
+
+
+def test_a_selection_subset_picks_the_best_generation_by_its_own_accuracy(tiny_data):
+    train, test = tiny_data
+    model = tiny_model("simcnn", in_channels=1, num_classes=4)
+    search_val, select = D.disjoint_per_class(test, 6, None, seed=0)
+    cfg = C.CNNSplitterConfig(**{**SMALL, "generations": 3})
+    plain = C.search(model, train, search_val, cfg, device="cpu")
+    held = C.search(model, train, search_val, cfg, device="cpu", select=select)
+    # the same search (selection only reads), but each generation's ensemble is also scored on ``select``
+    assert [h["ensemble_accuracy"] for h in held.history] == [h["ensemble_accuracy"] for h in plain.history]
+    assert "selection_accuracy" not in plain.history[0]
+    for h in held.history:
+        assert h["ensemble_fitness"] == pytest.approx(cfg.alpha * h["selection_accuracy"] + (1 - cfg.alpha) * h["ensemble_diff"])
+    best = max(range(len(held.history)), key=lambda g: (held.history[g]["ensemble_fitness"], -g))
+    assert held.best_generation == best
+    # the chosen modules' accuracy on ``select`` is what the history says of their generation
+    own = C.own_class_logits(model, held, select, device="cpu")
+    assert C.composed_accuracy(own, select.labels) == pytest.approx(held.history[best]["selection_accuracy"])
+    assert held.evaluation["evaluated"] == plain.evaluation["evaluated"]
+    with pytest.raises(ValueError, match="select"):
+        C.search(model, train, search_val, cfg, device="cpu", select=select.take(torch.zeros(0, dtype=torch.long)))

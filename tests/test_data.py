@@ -192,3 +192,17 @@ def test_image_folder_errors_say_what_is_expected(tmp_path):
         D.load_image_folder(f"folder:{tmp_path / 'ok'}", image_size=32, resize=20)
     with pytest.raises(UnknownNameError, match="folder:PATH"):
         D.load_dataset("pets")
+
+
+def test_disjoint_per_class_draws_the_limit_per_class_subset_then_others_of_each_class():
+    ds = D.synthetic(4, 30, 8, 1, seed=0)
+    first, second = D.disjoint_per_class(ds, 5, 7, seed=3)
+    same = D.limit_per_class(ds, 5, seed=3)
+    assert torch.equal(first.images, same.images) and torch.equal(first.labels, same.labels)
+    assert second.class_counts() == [7] * 4
+    a = {bytes(x.numpy()) for x in first.images}
+    assert not a & {bytes(x.numpy()) for x in second.images}
+    _, rest = D.disjoint_per_class(ds, 5, None, seed=3)
+    assert rest.class_counts() == [25] * 4
+    whole, empty = D.disjoint_per_class(ds, None, 7, seed=3)
+    assert len(whole) == len(ds) and len(empty) == 0
