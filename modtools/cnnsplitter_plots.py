@@ -66,13 +66,17 @@ def sensitivity_figure(results: Mapping) -> plt.Figure:
 
 
 def search_figure(results: Mapping) -> plt.Figure:
-    """Per generation: the best fitness, the best ensemble's validation accuracy and its kept-kernel rate."""
+    """Per generation: the best fitness, the best ensemble's accuracy on the search images (and on the
+    held-out selection images, when the search had them) and its kept-kernel rate."""
     hist = results["history"]
     g = [h["generation"] for h in hist]
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(g, results["best_fitness"], "o-", color=PALETTE["accent"], ms=3, label="best fitness (co-operative)")
     ax.plot(g, [h["ensemble_accuracy"] for h in hist], "s-", color=PALETTE["module"], ms=3,
-            label="best ensemble, validation accuracy")
+            label="best ensemble, accuracy on the search images")
+    if all("selection_accuracy" in h for h in hist):
+        ax.plot(g, [h["selection_accuracy"] for h in hist], "D-", color=PALETTE["model"], ms=3,
+                label="best ensemble, accuracy on the held-out selection images")
     ax.plot(g, [h["krr"] for h in hist], "^-", color=PALETTE["muted"], ms=3, label="best ensemble, kept-kernel rate")
     ax.axvline(results["best_generation"], color=PALETTE["model"], ls=":", label=f"selected generation {results['best_generation']}")
     ax.set(xlabel="generation", ylabel="value", ylim=(0, 1.05), title="genetic search")

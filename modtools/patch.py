@@ -247,7 +247,7 @@ def patch(weak_model: nn.Module, weak_classes: Sequence[int], module: Module, ca
 def weak_specs(strong: ModelSpec, classes: Sequence[int], per_class: int | None = None, *,
                simple_arch: str = "simcnn", simple_width: float = 0.0625, simple_epochs: int = 10,
                simple_lr: float = 0.01, overfit_epochs: int = 40, underfit_epochs: int = 3, lr: float = 0.05,
-               batch_size: int = 32, seed: int = 0) -> dict[str, ModelSpec]:
+               batch_size: int = 32, seed: int = 0, poor_arch: str | None = None) -> dict[str, ModelSpec]:
     """The three kinds of weak model on the task ``classes`` (TC last, as in the paper):
 
     * ``simple``: a much narrower network (SGD with momentum 0.9, constant lr, as the paper's weak models);
@@ -256,14 +256,17 @@ def weak_specs(strong: ModelSpec, classes: Sequence[int], per_class: int | None 
     * ``underfit``: the same recipe stopped after ``underfit_epochs``: an early checkpoint of that run
       (same seed and a constant lr, so its first epochs are the overfit run's first epochs).
 
-    The last epoch is kept (no selection on validation), as the paper picks its checkpoints.
+    The last epoch is kept (no selection on validation), as the paper picks its checkpoints. The
+    overfit and underfit models have the strong model's architecture and width, as in the paper, or
+    ``poor_arch`` at the same width.
     """
     base = replace(strong, classes=list(classes), per_class=per_class, dirichlet_alpha=None, variant={})
+    poor_base = base if poor_arch is None or poor_arch == strong.arch else replace(base, arch=poor_arch, arch_kwargs={})
     poor = FitConfig(epochs=overfit_epochs, batch_size=batch_size, lr=lr, momentum=0.0, weight_decay=0.0,
                      schedule="constant", augment=False, select_best=False, seed=seed, precision=strong.fit.precision)
     return {
         "simple": replace(base, arch=simple_arch, width=simple_width, arch_kwargs={},
                           fit=replace(poor, epochs=simple_epochs, lr=simple_lr, momentum=0.9, weight_decay=1e-4)),
-        "overfit": replace(base, fit=poor),
-        "underfit": replace(base, fit=replace(poor, epochs=underfit_epochs)),
+        "overfit": replace(poor_base, fit=poor),
+        "underfit": replace(poor_base, fit=replace(poor, epochs=underfit_epochs)),
     }

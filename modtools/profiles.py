@@ -113,11 +113,11 @@ PROFILE_VALUES.update({
     },
 })
 
-_CS_SMOKE = {**_SMOKE_DATA, "width": 0.125, "epochs": 1, "search_val_per_class": None, "population": 4,
+_CS_SMOKE = {**_SMOKE_DATA, "width": 0.125, "epochs": 1, "search_val_per_class": 2, "select_val_per_class": 1, "population": 4,
              "generations": 1, "parents_mating": 2, "keep_parents": 1, "keep_min": 2, "keep_max": 10,
              "sensitivity_grid": [0.5, 1.0]}
 _CS_PAPER = {"dataset": "cifar10", "width": 1.0, "per_class": None, "test_per_class": None, "epochs": 200,
-             "lr": 0.01, "augment": True, "search_val_per_class": None, "population": 100, "generations": 200,
+             "lr": 0.01, "augment": True, "search_val_per_class": None, "select_val_per_class": None, "population": 100, "generations": 200,
              "parents_mating": 50, "keep_parents": 20, "mutation_percent": 5.0, "alpha": 0.9, "gamma": 0.9,
              "keep_min": 50, "keep_max": 500, "confidence": 0.9, "confidence_fallback": "raise",
              "sensitivity_grid": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0], "sensitivity_tolerance": 0.01}

@@ -30,15 +30,25 @@
 # `sensitivity_tolerance` of the unpruned one, plus 0.1 and 0.2.
 #
 # A module's output is the model's own-class logit with the head restricted to the kept channels;
-# composing the modules is the argmax over their logits. The quick profile uses a narrow SimCNN, a
-# small population and few generations; the `paper` profile the published 100 × 200 search.
+# composing the modules is the argmax over their logits. The quick profile uses a narrow ResCNN (the
+# paper's residual network, ⅛ width), a small population and few generations; the `paper` profile
+# the published 100 × 200 search.
+#
+# **Two choices of the quick profile, both parameters.** (1) *A selection subset*: 20 validation
+# images per class are all a CPU can score every candidate on, and the search fits them: its best
+# ensemble scores 5–9 points above the model there while losing 3–7 on the test set. As the spec
+# advises, `select_val_per_class` held-out validation images (disjoint from the search's) pick the
+# best generation instead; the published search picks it on its own images (`None`). (2) *ResCNN*:
+# the narrow SimCNN loses accuracy at every pruned layer, so the automatic ratios keep most kernels
+# (KRR 0.73–0.82 over seeds 0–1); the residual network's skip connections tolerate pruning its
+# later layers (KRR 0.59–0.72 over seeds 0–2 at a similar accuracy loss, see the README).
 # The search writes a checkpoint after every generation (`21_cnnsplitter_patching` reuses it), and a
 # later run with more generations goes on from it.
 
 # %% tags=["parameters"]
 profile = "quick"          # smoke | quick | paper (set by the runner)
 dataset = "fashion-mnist"  # data set name
-arch = "simcnn"            # zoo architecture of the trained model
+arch = "rescnn"            # zoo architecture of the trained model (simcnn | rescnn, the paper's two)
 width = 0.125              # width multiplier
 per_class = 1000           # training images per class of the model (None: all)
 test_per_class = 300       # test images per class (None: all)
@@ -46,10 +56,11 @@ epochs = 4                 # training epochs of the model
 lr = 0.05                  # learning rate of the model (SGD, momentum 0.9, cosine)
 augment = False            # random crop + flip while training the model
 search_val_per_class = 20  # validation images per class that score the candidates (None: all)
-population = 16            # individuals per class (published: 100)
+select_val_per_class = 80  # other validation images per class that pick the best generation (None: the search's own, as published)
+population = 32            # individuals per class (published: 100)
 generations = 12           # generations after the initial one (published: 200)
-parents_mating = 8         # parents selected per generation (published: 50)
-keep_parents = 4           # elites kept unchanged (published: 20)
+parents_mating = 16        # parents selected per generation (published: 50)
+keep_parents = 8           # elites kept unchanged (published: 20)
 mutation_percent = 5.0     # share of genes redrawn per child, in percent (published: 5)
 alpha = 0.9                # accuracy weight of the fitness (published: 0.9)
 gamma = 0.9                # the accuracy weight rises by max(0, gamma - best accuracy) (published: 0.9)
@@ -90,7 +101,8 @@ search_val, cfg, checkpoint = setup.search_val, setup.cfg, setup.checkpoint
 # ## Search (importance, sensitivity, genetic search)
 
 # %%
-result = C.search(model, data.train, search_val, cfg, device=device, progress=True, checkpoint=checkpoint)
+result = C.search(model, data.train, search_val, cfg, device=device, progress=True, checkpoint=checkpoint,
+                  select=setup.select_val)
 seconds_eval = sum(h["seconds_evaluate"] for h in result.history)
 candidates_per_second = result.evaluation["evaluated"] / max(seconds_eval, 1e-9)
 print(f"{len(result.history) - 1} generations in {result.seconds:.0f} s; evaluation {result.evaluation}; "

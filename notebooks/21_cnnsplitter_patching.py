@@ -23,9 +23,17 @@
 # **overfit** (plain SGD without augmentation on few samples, the late checkpoint) and
 # **underfit** (the early checkpoint of that run). Patching discards the weak model's own TC
 # probability and puts in its place the strong model's TC module score; the prediction is the
-# argmax. The same weak models are patched with the CNNSplitter module (from
-# `20_cnnsplitter_modularize`, reused through its checkpoint) and with a GradSplitter module of the
-# same strong model, side by side.
+# argmax. The same weak models are patched with a CNNSplitter module and with a GradSplitter
+# module of the same strong model, side by side.
+#
+# **The strong model is a SimCNN ⅛, not 20's ResCNN ⅛.** The overfit and underfit weak models have
+# the strong model's architecture, as in the paper. A ResCNN ⅛ learns this 6-class task well even
+# without momentum on 100 images per class: its "overfit" models reach 94 % and detect the TC
+# better than either module (F1 gain −1.1 points with ResCNN modules and weak models, −0.1 with the
+# published min-max scaling), and its epoch-3 "underfit" models are as good (90 %). With a SimCNN
+# the three kinds are weak, as the paper's are. The CNNSplitter search here is therefore its own
+# (a SimCNN ⅛, population 16, picked on its search images); a run with 20's values of `arch` and the
+# search parameters reuses 20's checkpoint instead.
 #
 # **How the score is calibrated.** The paper min-max normalises the score on the TC's validation
 # samples (`calibration = "minmax"`). One hard TC sample with a low score stretches that range
@@ -50,7 +58,7 @@
 # %% tags=["parameters"]
 profile = "quick"          # smoke | quick | paper (set by the runner)
 dataset = "fashion-mnist"  # data set name
-arch = "simcnn"            # architecture of the strong model (as in 20)
+arch = "simcnn"            # architecture of the strong model (20 uses rescnn: see above)
 width = 0.125              # width multiplier of the strong model (as in 20)
 per_class = 1000           # training images per class of the strong model (None: all)
 test_per_class = 300       # test images per class (None: all)
@@ -58,6 +66,7 @@ epochs = 4                 # training epochs of the strong model
 lr = 0.05                  # learning rate of the strong model
 augment = False            # random crop + flip while training the strong model
 search_val_per_class = 20  # CNNSplitter validation images per class, None: all (as in 20, the same values reuse its checkpoint)
+select_val_per_class = None  # CNNSplitter held-out validation images per class that pick the best generation (None: its search images)
 population = 16            # CNNSplitter individuals per class
 generations = 12           # CNNSplitter generations
 parents_mating = 8         # CNNSplitter parents per generation
@@ -78,7 +87,8 @@ target_classes = [2, 4]    # target classes (ids of the data set) to patch
 task_classes = [0, 1, 3, 5, 7]  # the other classes of each weak task (the TC is appended last)
 weak_per_class = 100       # training images per class of the weak models
 weak_batch_size = 32       # batch size of the weak models (published: 128, on 8x more images)
-simple_width = 0.03125     # width of the simple weak model (same architecture)
+simple_width = 0.03125     # width of the simple weak model (a SimCNN)
+poor_fit_arch = None       # architecture of the overfit and underfit weak models (None: the strong model's, as published)
 simple_epochs = 10         # its epochs (SGD, momentum 0.9, constant lr)
 simple_lr = 0.01           # its lr (published: 0.01)
 overfit_epochs = 40        # plain SGD without augmentation, the late checkpoint (published: 200)
@@ -121,7 +131,7 @@ search_val, cfg, checkpoint = setup.search_val, setup.cfg, setup.checkpoint
 # ## The strong model's modules: CNNSplitter (reused from 20) and GradSplitter
 
 # %%
-cs_result = C.search(model, data.train, search_val, cfg, device=device, checkpoint=checkpoint)
+cs_result = C.search(model, data.train, search_val, cfg, device=device, checkpoint=checkpoint, select=setup.select_val)
 gs_cfg = G.GradSplitterConfig(first_head_epochs=2, cycle_epochs=gs_cycle_epochs, cycle_mask=3, cycle_head=1,
                               init="value", init_value=gs_init_value, lr_mask=gs_lr_mask, lr_head=0.05,
                               lr_head_later=0.005, alpha=gs_alpha, select="per_module", seed=seed,
@@ -145,7 +155,7 @@ for tc in target_classes:
     classes = [c for c in task_classes if c != tc] + [tc]
     specs = P.weak_specs(spec, classes, weak_per_class, simple_width=simple_width, simple_epochs=simple_epochs,
                          simple_lr=simple_lr, overfit_epochs=overfit_epochs, underfit_epochs=underfit_epochs,
-                         lr=weak_lr, batch_size=weak_batch_size, seed=seed)
+                         lr=weak_lr, batch_size=weak_batch_size, seed=seed, poor_arch=poor_fit_arch)
     for kind, weak_spec in specs.items():
         weak_data = T.spec_data(weak_spec)
         weak, rec = T.train_cached(weak_spec, cache=cache, device=device, data=weak_data, progress=False)

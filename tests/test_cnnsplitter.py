@@ -437,6 +437,10 @@ def test_weak_specs_describe_three_kinds():
     assert specs["overfit"].fit.select_best is False and specs["overfit"].fit.augment is False
     assert all(s.classes == [1, 3, 5] for s in specs.values())
     assert len({s.key() for s in specs.values()}) == 3
+    assert specs["overfit"].arch == specs["underfit"].arch == "simcnn"
+    other = P.weak_specs(ModelSpec(arch="rescnn", width=0.25), [1, 3, 5], per_class=50, poor_arch="simcnn")
+    assert other["overfit"].arch == other["underfit"].arch == "simcnn" and other["overfit"].width == 0.25
+    assert other["overfit"].key() == specs["overfit"].key()       # the same weak model as a SimCNN strong model's
 
 
 def test_a_finished_checkpoint_is_reused_and_a_changed_config_is_refused(tiny_data, tmp_path):
