@@ -452,7 +452,8 @@ def search(model: nn.Module, train: D.ImageDataset, val: D.ImageDataset, cfg: CN
 @dataclass
 class SearchSetup:
     """What notebooks 20 and 21 share: the trained model, its data, the search's validation subset,
-    config and checkpoint (the same parameters give the same checkpoint, so 21 reuses 20's search)."""
+    config and checkpoint (the same parameters give the same checkpoint, so a notebook with 20's values reuses
+    its search)."""
 
     spec: object
     data: object

@@ -42,7 +42,7 @@
 # the narrow SimCNN loses accuracy at every pruned layer, so the automatic ratios keep most kernels
 # (KRR 0.73–0.82 over seeds 0–1); the residual network's skip connections tolerate pruning its
 # later layers (KRR 0.59–0.72 over seeds 0–2 at a similar accuracy loss, see the README).
-# The search writes a checkpoint after every generation (`21_cnnsplitter_patching` reuses it), and a
+# The search writes a checkpoint after every generation (a run with the same values reuses it), and a
 # later run with more generations goes on from it.
 
 # %% tags=["parameters"]

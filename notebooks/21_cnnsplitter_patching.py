@@ -128,7 +128,7 @@ spec, data, model, record = setup.spec, setup.data, setup.model, setup.record
 search_val, cfg, checkpoint = setup.search_val, setup.cfg, setup.checkpoint
 
 # %% [markdown]
-# ## The strong model's modules: CNNSplitter (reused from 20) and GradSplitter
+# ## The strong model's modules: CNNSplitter and GradSplitter
 
 # %%
 cs_result = C.search(model, data.train, search_val, cfg, device=device, checkpoint=checkpoint, select=setup.select_val)
