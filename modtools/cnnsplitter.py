@@ -478,23 +478,23 @@ def prepare_search(params: dict, cache: str | Path, device: str = "auto") -> Sea
     from . import train as T
 
     seed = params["seed"]
+    n_select = params.get("select_val_per_class")
+    if n_select is not None and (params["search_val_per_class"] is None or n_select <= 0):   # before any training
+        raise ValueError(f"select_val_per_class={n_select!r} needs a positive value and search_val_per_class "
+                         f"set (got {params['search_val_per_class']!r}): the selection images are the "
+                         "validation images the search does not use")
     spec = T.ModelSpec(arch=params["arch"], width=params["width"], dataset=params["dataset"],
                        per_class=params["per_class"], test_per_class=params["test_per_class"], data_seed=seed,
                        fit=T.FitConfig(epochs=params["epochs"], lr=params["lr"], augment=params["augment"], seed=seed,
                                        precision=params.get("precision", "fp32")))
     data = T.spec_data(spec)
     model, record = T.train_cached(spec, cache=cache, device=device, data=data)
-    n_select = params.get("select_val_per_class")
     names = {f.name for f in fields(CNNSplitterConfig)}
     cfg = CNNSplitterConfig(**{k: v for k, v in params.items() if k in names})
     sizes = {"val_per_class": params["search_val_per_class"]}
     if n_select is None:
         search_val, select_val = D.limit_per_class(data.val, params["search_val_per_class"], seed=seed), None
     else:
-        if params["search_val_per_class"] is None or n_select <= 0:
-            raise ValueError(f"select_val_per_class={n_select!r} needs a positive value and search_val_per_class "
-                             f"set (got {params['search_val_per_class']!r}): the selection images are the "
-                             "validation images the search does not use")
         search_val, select_val = D.disjoint_per_class(data.val, params["search_val_per_class"], n_select, seed=seed)
         sizes["select_per_class"] = n_select
     checkpoint = checkpoint_folder(cache, spec.key(), cfg, **sizes)

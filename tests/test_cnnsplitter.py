@@ -506,3 +506,13 @@ def test_a_selection_subset_picks_the_best_generation_by_its_own_accuracy(tiny_d
     assert held.evaluation["evaluated"] == plain.evaluation["evaluated"]
     with pytest.raises(ValueError, match="select"):
         C.search(model, train, search_val, cfg, device="cpu", select=select.take(torch.zeros(0, dtype=torch.long)))
+
+
+@pytest.mark.parametrize("search, select", [(None, 10), (20, 0), (20, -5)])
+def test_prepare_search_refuses_a_selection_subset_it_cannot_draw_before_training(search, select, tmp_path):
+    params = {"seed": 0, "arch": "simcnn", "width": 0.125, "dataset": "synthetic", "per_class": None,
+              "test_per_class": None, "epochs": 1, "lr": 0.05, "augment": False,
+              "search_val_per_class": search, "select_val_per_class": select}
+    with pytest.raises(ValueError, match="select_val_per_class"):
+        C.prepare_search(params, tmp_path, device="cpu")
+    assert not any(tmp_path.iterdir())          # nothing trained or written
