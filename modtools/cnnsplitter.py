@@ -54,7 +54,7 @@ import torch.nn as nn
 from . import data as D
 from .baseline import kernel_importance
 from .cnnsplitter_fitness import cooperative_fitness, pairwise_jaccard
-from .errors import CheckpointError, check_classes, check_range
+from .errors import CheckpointError, ParameterError, check_classes, check_range
 from .io import atomic_write_json, config_hash, load_tensors, read_json, save_tensors
 from .layers import find_maskable_layers, pruning_group
 from .cnnsplitter_eval import (Evaluator, _audit_halving, _own, composed_accuracy, layer_sensitivity,  # noqa: F401
@@ -323,15 +323,24 @@ def search(model: nn.Module, train: D.ImageDataset, val: D.ImageDataset, cfg: CN
     seed_everything(cfg.seed)
     model = model.eval().to(dev)
     n = train.num_classes
+    if select is not None and (select.num_classes != n or len(select) == 0):
+        raise ParameterError(f"select must hold images of the model's {n} classes, got {len(select)} images of "
+                             f"{select.num_classes} classes")
     layers = find_maskable_layers(model, torch.zeros(1, *train.shape, device=dev))
     importance = kernel_importance(model, train, layers, device=dev, confidence=cfg.confidence,
                                    fallback=cfg.confidence_fallback)
     enc = build_encoding(importance, coupled_segments(model, layers), cfg)
     evaluator = Evaluator(model, layers, val, cfg, dev)
     folder = Path(checkpoint) if checkpoint is not None else None
+    selection = select.fingerprint() if select is not None else None   # what picks the best generation
     state = read_json(folder / "state.json") if folder is not None and (folder / "state.json").is_file() else None
     if state is not None:
         _check_resumable(state.get("config", {}), asdict(cfg), folder)
+        if state.get("selection") != selection:     # its best so far was picked on other images
+            raise CheckpointError(f"the search in {folder} picked its best generation on "
+                                  f"{'other held-out images' if state.get('selection') else 'its search images'}, "
+                                  f"this call on {'held-out images (select)' if selection else 'its search images'}; "
+                                  "use another folder")
         ran = int(state["next_generation"]) - 1
         if ran > cfg.generations:       # its best may come from a later generation: it is not this search's result
             warnings.warn(f"the search in {folder} has run {ran} generations, more than generations={cfg.generations}: "
@@ -365,9 +374,6 @@ def search(model: nn.Module, train: D.ImageDataset, val: D.ImageDataset, cfg: CN
     if calibration is not None and cfg.eval_mode == "auto":
         evaluator.mode = calibration["chosen"]                   # a resumed search keeps its measured choice
     labels = val.labels
-    if select is not None and (select.num_classes != n or len(select) == 0):
-        raise ValueError(f"select must hold images of the model's {n} classes, got {len(select)} images of "
-                         f"{select.num_classes} classes")
     select_x = select.float_images().to(dev) if select is not None else None
     for gen in range(start, cfg.generations + 1):
         t0 = time.perf_counter()
@@ -429,7 +435,7 @@ def search(model: nn.Module, train: D.ImageDataset, val: D.ImageDataset, cfg: CN
             tensors["rng.recorder"] = recorder_gen.get_state()
             _save_state(folder, {"next_generation": gen + 1, "history": history, "best": best, "weight": weight,
                                  "config": asdict(cfg), "sensitivity": sens, "ratios": ratios, "r_min": r_min,
-                                 "calibration": calibration,
+                                 "calibration": calibration, "selection": selection,
                                  "evaluation": {"evaluated": done["evaluated"] + evaluator.evaluated,
                                                 "cache_hits": done["cache_hits"] + evaluator.hits}},
                         tensors)
@@ -480,7 +486,7 @@ def prepare_search(params: dict, cache: str | Path, device: str = "auto") -> Sea
     seed = params["seed"]
     n_select = params.get("select_val_per_class")
     if n_select is not None and (params["search_val_per_class"] is None or n_select <= 0):   # before any training
-        raise ValueError(f"select_val_per_class={n_select!r} needs a positive value and search_val_per_class "
+        raise ParameterError(f"select_val_per_class={n_select!r} needs a positive value and search_val_per_class "
                          f"set (got {params['search_val_per_class']!r}): the selection images are the "
                          "validation images the search does not use")
     spec = T.ModelSpec(arch=params["arch"], width=params["width"], dataset=params["dataset"],

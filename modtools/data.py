@@ -449,21 +449,13 @@ def train_val_split(ds: ImageDataset, val_fraction: float = 0.2, seed: int = 0,
 
 def limit_per_class(ds: ImageDataset, n: int | None, seed: int = 0) -> ImageDataset:
     """At most ``n`` seeded samples per class (``None`` keeps everything)."""
-    if n is None or n <= 0:
-        return ds
-    g = torch.Generator().manual_seed(seed)
-    parts = []
-    for c in range(ds.num_classes):
-        idx = torch.nonzero(ds.labels == c).squeeze(1)
-        parts.append(idx[torch.randperm(len(idx), generator=g)[:n]])
-    idx = torch.cat(parts)
-    return ds.take(idx[torch.randperm(len(idx), generator=g)])
+    return disjoint_per_class(ds, n, 0, seed=seed)[0]
 
 
 def disjoint_per_class(ds: ImageDataset, n: int | None, m: int | None, seed: int = 0) -> tuple[ImageDataset, ImageDataset]:
-    """Two disjoint seeded subsets: at most ``n`` samples per class (exactly :func:`limit_per_class`'s
-    draw for the same seed), and at most ``m`` per class of the remaining samples (``None``: all of
-    them). With ``n`` None the first subset is the whole set and the second is empty."""
+    """Two disjoint seeded subsets: at most ``n`` samples per class (:func:`limit_per_class`'s draw),
+    and at most ``m`` per class of the remaining samples (``None``: all of them). With ``n`` None
+    (or ≤ 0) the first subset is the whole set and the second is empty."""
     if n is None or n <= 0:
         return ds, ds.take(torch.zeros(0, dtype=torch.long))
     g = torch.Generator().manual_seed(seed)
@@ -472,7 +464,7 @@ def disjoint_per_class(ds: ImageDataset, n: int | None, m: int | None, seed: int
         idx = torch.nonzero(ds.labels == c).squeeze(1)
         perm = idx[torch.randperm(len(idx), generator=g)]
         first.append(perm[:n])
-        second.append(perm[n:] if m is None or m < 0 else perm[n:n + m])
+        second.append(perm[n:] if m is None else perm[n:n + max(0, m)])
     a, b = torch.cat(first), torch.cat(second)
     a = a[torch.randperm(len(a), generator=g)]
     return ds.take(a), ds.take(b[torch.randperm(len(b), generator=g)])

@@ -12,7 +12,7 @@ from modtools import data as D
 from modtools import patch as P
 from modtools.baseline import kernel_importance
 from modtools.cnnsplitter_fitness import cooperative_fitness, pairwise_jaccard, task_sizes, threshold_for
-from modtools.errors import EmptyClassError, InvalidClassError, ModuleMismatchError
+from modtools.errors import CheckpointError, EmptyClassError, InvalidClassError, ModuleMismatchError, ParameterError
 from modtools.layers import find_maskable_layers
 from modtools.module import Module
 
@@ -504,8 +504,24 @@ def test_a_selection_subset_picks_the_best_generation_by_its_own_accuracy(tiny_d
     own = C.own_class_logits(model, held, select, device="cpu")
     assert C.composed_accuracy(own, select.labels) == pytest.approx(held.history[best]["selection_accuracy"])
     assert held.evaluation["evaluated"] == plain.evaluation["evaluated"]
-    with pytest.raises(ValueError, match="select"):
+    with pytest.raises(ParameterError, match="select must hold images of the model's 4 classes, got 0 images"):
         C.search(model, train, search_val, cfg, device="cpu", select=select.take(torch.zeros(0, dtype=torch.long)))
+
+
+def test_a_checkpoint_remembers_what_picked_its_best_generation(tiny_data, tmp_path):
+    train, test = tiny_data
+    model = tiny_model("simcnn", in_channels=1, num_classes=4)
+    search_val, select = D.disjoint_per_class(test, 6, None, seed=0)
+    one, three = (C.CNNSplitterConfig(**{**SMALL, "generations": g}) for g in (1, 3))
+    C.search(model, train, search_val, one, device="cpu", checkpoint=tmp_path / "ck", select=select)
+    resumed = C.search(model, train, search_val, three, device="cpu", checkpoint=tmp_path / "ck", select=select)
+    alone = C.search(model, train, search_val, three, device="cpu", select=select)
+    assert [h["selection_accuracy"] for h in resumed.history] == [h["selection_accuracy"] for h in alone.history]
+    assert resumed.best_generation == alone.best_generation
+    with pytest.raises(CheckpointError, match="picked its best generation on other held-out images"):
+        C.search(model, train, search_val, three, device="cpu", checkpoint=tmp_path / "ck", select=select.take(range(4)))
+    with pytest.raises(CheckpointError, match="this call on its search images"):
+        C.search(model, train, search_val, three, device="cpu", checkpoint=tmp_path / "ck")
 
 
 @pytest.mark.parametrize("search, select", [(None, 10), (20, 0), (20, -5)])
@@ -513,6 +529,6 @@ def test_prepare_search_refuses_a_selection_subset_it_cannot_draw_before_trainin
     params = {"seed": 0, "arch": "simcnn", "width": 0.125, "dataset": "synthetic", "per_class": None,
               "test_per_class": None, "epochs": 1, "lr": 0.05, "augment": False,
               "search_val_per_class": search, "select_val_per_class": select}
-    with pytest.raises(ValueError, match="select_val_per_class"):
+    with pytest.raises(ParameterError, match=f"select_val_per_class={select!r} needs a positive value"):
         C.prepare_search(params, tmp_path, device="cpu")
     assert not any(tmp_path.iterdir())          # nothing trained or written
