@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 from torch.nn.utils import parametrize
 
+from . import gated_bn as fused_bn
 from .errors import EmptyMaskError, MaskShapeError, UnknownNameError, UnsupportedModelError
 from .layers import Follower, LayerDescription, MaskableLayer, find_maskable_layers, layer_widths  # noqa: F401
 
@@ -130,19 +131,31 @@ class ChannelGating:
     else ``None``. ``follow(layer, out)``, when given, gates the output of each of the layer's
     followers (depthwise convs whose channels are the layer's kernels) the same way; a gate that
     only observes outputs passes none. Use as a context manager or call :meth:`remove`.
+
+    ``gated_bn(layer, x_in, bn, x)``, when given, computes a gated layer's BN output and its gate in
+    one step: a layer whose output module is a plain ``BatchNorm2d`` then calls it instead of BN's own
+    forward and a hook multiplying its output (:mod:`modtools.gated_bn`, fewer passes over the
+    activation in training); other layers use ``gate`` as before.
     """
 
     def __init__(self, model: nn.Module, layers: list[MaskableLayer],
                  gate: Callable[[MaskableLayer, torch.Tensor, torch.Tensor | None], torch.Tensor],
                  needs_input: bool = False,
-                 follow: Callable[[MaskableLayer, torch.Tensor], torch.Tensor] | None = None):
+                 follow: Callable[[MaskableLayer, torch.Tensor], torch.Tensor] | None = None,
+                 gated_bn: Callable[[MaskableLayer, torch.Tensor | None, nn.Module, torch.Tensor], torch.Tensor]
+                 | None = None):
         self.model, self.layers, self.gate, self.follow = model, layers, gate, follow
         self._inputs: dict[str, torch.Tensor] = {}
         self._handles = []
+        self._fused: list[nn.Module] = []
         for layer in layers:
             if needs_input:
                 self._handles.append(layer.conv.register_forward_pre_hook(self._stash(layer)))
-            self._handles.append(layer.output_module.register_forward_hook(self._apply(layer)))
+            if gated_bn is not None and fused_bn.can_fuse(layer.output_module):
+                fused_bn.attach(layer.output_module, self._fused_gate(layer, gated_bn))
+                self._fused.append(layer.output_module)
+            else:
+                self._handles.append(layer.output_module.register_forward_hook(self._apply(layer)))
             if follow is not None:
                 for follower in getattr(layer, "followers", ()):
                     self._handles.append(follower.output_module.register_forward_hook(self._apply_follower(layer)))
@@ -157,6 +170,11 @@ class ChannelGating:
             return self.gate(layer, out, self._inputs.pop(layer.name, None))
         return hook
 
+    def _fused_gate(self, layer, gated_bn):
+        def forward(bn, x):
+            return gated_bn(layer, self._inputs.pop(layer.name, None), bn, x)
+        return forward
+
     def _apply_follower(self, layer):
         def hook(mod, inp, out):
             return self.follow(layer, out)
@@ -165,7 +183,9 @@ class ChannelGating:
     def remove(self) -> None:
         for h in self._handles:
             h.remove()
-        self._handles = []
+        for bn in self._fused:
+            fused_bn.detach(bn)
+        self._handles, self._fused = [], []
         self._inputs.clear()
 
     def __enter__(self):
@@ -339,21 +359,34 @@ class InputGates(nn.Module):
         self.last: dict[str, torch.Tensor] = {}
         self.binary = False
 
-    def apply_gate(self, layer: MaskableLayer, out: torch.Tensor, x_in: torch.Tensor) -> torch.Tensor:
-        """The hook body: compute this layer's gates from its input and scale its output."""
+    def gate_values(self, layer: MaskableLayer, x_in: torch.Tensor) -> torch.Tensor:
+        """This layer's gates (``B × C_out``) from its input, kept in :attr:`last`."""
         g = self.nets[_key(layer.name)](x_in)
         if self.binary:
-            g = (g > 0).to(out.dtype)
+            g = (g > 0).to(g.dtype)
         self.last[layer.name] = g
+        return g
+
+    def apply_gate(self, layer: MaskableLayer, out: torch.Tensor, x_in: torch.Tensor) -> torch.Tensor:
+        """The hook body: compute this layer's gates from its input and scale its output."""
+        g = self.gate_values(layer, x_in).to(out.dtype)
         return out * g.view(*g.shape, *([1] * (out.ndim - 2)))
+
+    def gated_batch_norm(self, layer: MaskableLayer, x_in: torch.Tensor, bn: nn.BatchNorm2d,
+                         x: torch.Tensor) -> torch.Tensor:
+        """``bn(x)`` scaled by this layer's gates (from ``x_in``) in one step: :func:`modtools.gated_bn.batch_norm_gated`."""
+        return fused_bn.batch_norm_gated(bn, x, self.gate_values(layer, x_in))
 
     def follow_gate(self, layer: MaskableLayer, out: torch.Tensor) -> torch.Tensor:
         """A follower's output takes the gates its layer computed in this pass."""
         g = self.last[layer.name]
         return out * g.view(*g.shape, *([1] * (out.ndim - 2)))
 
-    def install(self, model: nn.Module) -> ChannelGating:
-        return ChannelGating(model, self.layers, self.apply_gate, needs_input=True, follow=self.follow_gate)
+    def install(self, model: nn.Module, fuse_batchnorm: bool = True) -> ChannelGating:
+        """Gate ``model``'s layers until the handle is removed; with ``fuse_batchnorm`` a gate on a plain
+        ``BatchNorm2d`` is computed with it in one step (the same values; see :mod:`modtools.gated_bn`)."""
+        return ChannelGating(model, self.layers, self.apply_gate, needs_input=True, follow=self.follow_gate,
+                             gated_bn=self.gated_batch_norm if fuse_batchnorm else None)
 
 
 def _key(name: str) -> str:

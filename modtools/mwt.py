@@ -136,9 +136,12 @@ class GatedModel(nn.Module):
     """A backbone with MwT gates on every maskable layer except the first.
 
     ``forward`` returns the backbone's logits; the gates of the last pass are in ``self.gates.last``.
+    With ``fuse_batchnorm`` (the default) a gate that follows a ``BatchNorm2d`` is computed with it in
+    one step (:mod:`modtools.gated_bn`: the same function, fewer passes over the activations).
     """
 
-    def __init__(self, backbone: nn.Module, image_size: int = 32, detach_gate_input: bool = False):
+    def __init__(self, backbone: nn.Module, image_size: int = 32, detach_gate_input: bool = False,
+                 fuse_batchnorm: bool = True):
         super().__init__()
         self.backbone = backbone
         first = next(m for m in backbone.modules() if isinstance(m, nn.Conv2d))
@@ -147,7 +150,8 @@ class GatedModel(nn.Module):
         self.layers: list[MaskableLayer] = layers[1:]
         self.gates = InputGates(self.layers, build_gate=lambda layer: MwTGate(layer.conv.in_channels,
                                                                               layer.out_channels, detach_gate_input))
-        self._handle = self.gates.install(backbone)
+        self.fuse_batchnorm = fuse_batchnorm
+        self._handle = self.gates.install(backbone, fuse_batchnorm)
         self.modtools_config = getattr(backbone, "modtools_config", None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -162,7 +166,7 @@ class GatedModel(nn.Module):
         try:
             plain = copy.deepcopy(self.backbone)
         finally:
-            self._handle = self.gates.install(self.backbone)
+            self._handle = self.gates.install(self.backbone, self.fuse_batchnorm)
         return plain.eval()
 
 

@@ -26,6 +26,8 @@ def test_bench_mwt_fields():
                               cohesion_samples=50, precision="bf16")
     assert results["precision"] == "bf16"
     assert results["step_seconds_modular"] > 0 and results["step_seconds_standard"] > 0
+    assert results["step_seconds_modular_unfused_bn"] > 0
+    assert results["step_ratio_unfused_bn"] == results["step_seconds_modular_unfused_bn"] / results["step_seconds_standard"]
     assert results["gated_kernels"] > 0 and results["modularization_samples"] == 40
     assert 0 <= results["krr_at_0.9"] <= 1 and results["cohesion_seconds"] >= 0
 
