@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from . import data as D
-from .errors import EmptyClassError, InvalidClassError, ModuleMismatchError, check_classes
+from .errors import EmptyClassError, InvalidClassError, ModuleMismatchError, check_classes, check_range
 from .module import Module
 from .train import FitConfig, ModelSpec, resolve_device
 
@@ -246,7 +246,7 @@ def patch(weak_model: nn.Module, weak_classes: Sequence[int], module: Module, ca
 
 def weak_specs(strong: ModelSpec, classes: Sequence[int], per_class: int | None = None, *,
                simple_arch: str = "simcnn", simple_width: float = 0.0625, simple_epochs: int = 10,
-               simple_lr: float = 0.01, overfit_epochs: int = 40, underfit_epochs: int = 3, lr: float = 0.05,
+               simple_lr: float = 0.01, overfit_epochs: int = 40, underfit_epochs: int = 6, lr: float = 0.05,
                batch_size: int = 32, seed: int = 0, poor_arch: str | None = None) -> dict[str, ModelSpec]:
     """The three kinds of weak model on the task ``classes`` (TC last, as in the paper):
 
@@ -258,8 +258,10 @@ def weak_specs(strong: ModelSpec, classes: Sequence[int], per_class: int | None 
 
     The last epoch is kept (no selection on validation), as the paper picks its checkpoints. The
     overfit and underfit models have the strong model's architecture and width, as in the paper, or
-    ``poor_arch`` at the same width.
+    ``poor_arch`` at the same width. ``underfit_epochs`` must be below ``overfit_epochs``.
     """
+    check_range("underfit_epochs", underfit_epochs, 1 <= underfit_epochs < overfit_epochs,
+                f"1 to overfit_epochs - 1 ({overfit_epochs - 1}): the underfit model is an earlier checkpoint")
     base = replace(strong, classes=list(classes), per_class=per_class, dirichlet_alpha=None, variant={})
     poor_base = base if poor_arch is None or poor_arch == strong.arch else replace(base, arch=poor_arch, arch_kwargs={})
     poor = FitConfig(epochs=overfit_epochs, batch_size=batch_size, lr=lr, momentum=0.0, weight_decay=0.0,

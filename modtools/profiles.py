@@ -125,7 +125,7 @@ PROFILE_VALUES.update({
     "20_cnnsplitter_modularize": {"smoke": _CS_SMOKE, "quick": {}, "paper": _CS_PAPER},
     "21_cnnsplitter_patching": {
         "smoke": {**_CS_SMOKE, "target_classes": [3], "task_classes": [0, 1], "weak_per_class": 10,
-                  "simple_width": 0.0625, "simple_epochs": 1, "overfit_epochs": 2, "gs_search_per_class": None,
+                  "simple_width": 0.0625, "simple_epochs": 1, "overfit_epochs": 2, "underfit_epochs": 1, "gs_search_per_class": None,
                   "gs_cycle_epochs": 2},
         "quick": {},
         # the paper mixes CIFAR-100 classes with one CIFAR-10 TC; here the weak tasks are CIFAR-10 classes

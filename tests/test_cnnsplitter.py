@@ -441,6 +441,9 @@ def test_weak_specs_describe_three_kinds():
     other = P.weak_specs(ModelSpec(arch="rescnn", width=0.25), [1, 3, 5], per_class=50, poor_arch="simcnn")
     assert other["overfit"].arch == other["underfit"].arch == "simcnn" and other["overfit"].width == 0.25
     assert other["overfit"].key() == specs["overfit"].key()       # the same weak model as a SimCNN strong model's
+    for bad in (0, 40, 41):                                         # an underfit checkpoint after the overfit one
+        with pytest.raises(ValueError, match="underfit_epochs"):
+            P.weak_specs(ModelSpec(arch="simcnn", width=0.25), [1, 3, 5], overfit_epochs=40, underfit_epochs=bad)
 
 
 def test_a_finished_checkpoint_is_reused_and_a_changed_config_is_refused(tiny_data, tmp_path):
