@@ -132,7 +132,7 @@ def batch_norm_gated(bn: nn.BatchNorm2d, x: torch.Tensor, g: torch.Tensor) -> to
         y = F.batch_norm(x, bn.running_mean if not bn.training or bn.track_running_stats else None,
                          bn.running_var if not bn.training or bn.track_running_stats else None,
                          bn.weight, bn.bias, batch_stats, factor, bn.eps)
-        return y * g.to(y.dtype).view(*g.shape, *([1] * (y.ndim - 2)))
+        return y * g.view(*g.shape, *([1] * (y.ndim - 2)))
     out, mean, var = BatchNormGate.apply(x, g, bn.weight, bn.bias, bn.eps)
     _update_running(bn, x, mean, var, factor)
     return out

@@ -369,13 +369,16 @@ class InputGates(nn.Module):
 
     def apply_gate(self, layer: MaskableLayer, out: torch.Tensor, x_in: torch.Tensor) -> torch.Tensor:
         """The hook body: compute this layer's gates from its input and scale its output."""
-        g = self.gate_values(layer, x_in).to(out.dtype)
+        g = self.gate_values(layer, x_in)
+        if self.binary:
+            g = g.to(out.dtype)
         return out * g.view(*g.shape, *([1] * (out.ndim - 2)))
 
     def gated_batch_norm(self, layer: MaskableLayer, x_in: torch.Tensor, bn: nn.BatchNorm2d,
                          x: torch.Tensor) -> torch.Tensor:
         """``bn(x)`` scaled by this layer's gates (from ``x_in``) in one step: :func:`modtools.gated_bn.batch_norm_gated`."""
-        return fused_bn.batch_norm_gated(bn, x, self.gate_values(layer, x_in))
+        g = self.gate_values(layer, x_in)
+        return fused_bn.batch_norm_gated(bn, x, g.to(x.dtype) if self.binary else g)
 
     def follow_gate(self, layer: MaskableLayer, out: torch.Tensor) -> torch.Tensor:
         """A follower's output takes the gates its layer computed in this pass."""
