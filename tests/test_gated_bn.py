@@ -127,3 +127,21 @@ def test_gated_model_fused_equals_unfused(arch):
     assert any(type(m) is G.GatedBatchNorm2d for m in b.backbone.modules())
     b._handle.remove()
     assert not any(type(m) is G.GatedBatchNorm2d for m in b.backbone.modules())
+
+
+def test_bn_without_running_statistics_uses_batch_statistics_in_both_modes():
+    torch.manual_seed(3)
+    plain = nn.BatchNorm2d(3, track_running_stats=False)
+    gated = copy.deepcopy(plain)
+    g = torch.rand(5, 3)
+    G.attach(gated, lambda bn, x: G.batch_norm_gated(bn, x, g))
+    x = torch.randn(5, 3, 4, 4) * 2 + 1
+    for mode in (True, False):
+        plain.train(mode), gated.train(mode)
+        assert G.fast_path(gated, x)                 # no running statistics: batch statistics in eval too
+        torch.testing.assert_close(gated(x), plain(x) * g[:, :, None, None], atol=1e-5, rtol=1e-5)
+    one = torch.randn(1, 3, 1, 1)
+    gated.train()
+    assert not G.fast_path(gated, one)
+    with pytest.raises(ValueError, match="more than 1 value"):   # BatchNorm2d's own error, as unfused
+        gated(one)
