@@ -95,9 +95,10 @@ def _sums_per_map(grad: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, to
 
 
 def can_fuse(module: nn.Module) -> bool:
-    """Whether :func:`attach` can take ``module``: a plain ``nn.BatchNorm2d`` (not a subclass) with affine
-    parameters."""
-    return type(module) in (nn.BatchNorm2d, GatedBatchNorm2d) and module.affine
+    """Whether :func:`attach` can take ``module``: a plain ``nn.BatchNorm2d`` (not a subclass, and not one
+    already attached: a second gating of the same BN then multiplies its output in a hook, as unfused)
+    with affine parameters."""
+    return type(module) is nn.BatchNorm2d and module.affine
 
 
 def _running_factor(bn: nn.BatchNorm2d) -> float:

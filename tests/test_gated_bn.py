@@ -145,3 +145,27 @@ def test_bn_without_running_statistics_uses_batch_statistics_in_both_modes():
     assert not G.fast_path(gated, one)
     with pytest.raises(ValueError, match="more than 1 value"):   # BatchNorm2d's own error, as unfused
         gated(one)
+
+
+def test_a_second_gating_of_the_same_bn_stacks_instead_of_replacing_the_first():
+    def make(fuse):
+        torch.manual_seed(4)
+        gm = W.GatedModel(build_model("resnet20", num_classes=10, width=0.5), 16, fuse_batchnorm=fuse).double()
+        torch.manual_seed(5)
+        second = W.InputGates(gm.layers, build_gate=lambda layer: W.MwTGate(layer.conv.in_channels,
+                                                                            layer.out_channels)).double()
+        return gm, second, second.install(gm.backbone)     # on attached BNs the second one uses hooks
+
+    fused, second, handle = make(True)
+    bn = fused.layers[0].output_module
+    assert type(bn) is G.GatedBatchNorm2d and not G.can_fuse(bn)
+    with pytest.raises(TypeError, match="GatedBatchNorm2d"):
+        G.attach(bn, lambda b, x: x)
+    plain, plain_second, plain_handle = make(False)
+    x = torch.rand(8, 3, 16, 16, dtype=torch.double)
+    fused.train(), plain.train()
+    torch.testing.assert_close(fused(x), plain(x))       # both gatings apply, as with two hooks
+    assert set(second.last) == set(fused.gates.last)
+    handle.remove(), plain_handle.remove()               # the first gating keeps working on its own
+    assert type(bn) is G.GatedBatchNorm2d
+    torch.testing.assert_close(fused(x), plain(x))
