@@ -487,8 +487,8 @@ def prepare_search(params: dict, cache: str | Path, device: str = "auto") -> Sea
     n_select = params.get("select_val_per_class")
     if n_select is not None and (params["search_val_per_class"] is None or n_select <= 0):   # before any training
         raise ParameterError(f"select_val_per_class={n_select!r} needs a positive value and search_val_per_class "
-                         f"set (got {params['search_val_per_class']!r}): the selection images are the "
-                         "validation images the search does not use")
+                             f"set (got {params['search_val_per_class']!r}): the selection images are the "
+                             "validation images the search does not use")
     spec = T.ModelSpec(arch=params["arch"], width=params["width"], dataset=params["dataset"],
                        per_class=params["per_class"], test_per_class=params["test_per_class"], data_seed=seed,
                        fit=T.FitConfig(epochs=params["epochs"], lr=params["lr"], augment=params["augment"], seed=seed,
